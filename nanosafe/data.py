@@ -1,0 +1,186 @@
+"""Data: the one JSONL schema of DESIGN §3, prompt rendering, tokenisation and collation.
+
+    {"id": str, "prompt": str, "images": [path, ...], "answer": str, "label": str, "meta": {...}}
+    (+ "response" for SFT lines). Image paths are relative to the JSONL file unless absolute.
+
+Validation fails loudly with `DataError("file:line: field 'x': what is wrong")` for malformed
+JSON, a missing or mistyped field, an unknown label, a missing or undecodable image, a prompt
+over `max_prompt_len` tokens (checked when encoding, image tokens included) and an empty file.
+Nothing is dropped silently.
+
+Encoding: the prompt goes through the tokenizer's chat template with the system prompt; each
+`<|image_pad|>` is expanded to the image's merged-patch count. The SFT target is the response plus
+the end-of-turn token. Loss masks: prompt and image tokens never carry loss, and neither do
+tool results (`<result>...</result>`, written by the search tool, not the model). To get that
+mask without offsets, a response is tokenised segment by segment (model text / tool text) --
+exactly how a multi-turn rollout builds it -- so training and sampling see the same tokens.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import torch
+from PIL import Image
+
+LABELS = ("safety", "value", "knowledge", "normal", "general", "general_rule", "jailbreak")
+IGNORE = -100
+TOOL_SPAN = re.compile(r"(<result>.*?</result>)", re.S)
+
+
+class DataError(ValueError):
+    pass
+
+
+def _check(cond: bool, where: str, field: str, msg: str) -> None:
+    if not cond:
+        raise DataError(f"{where}: field {field!r}: {msg}")
+
+
+def read_jsonl(path: str, need_response: bool = False) -> list[dict]:
+    """Read and validate one JSONL file. Each sample gets `_where` ("file:line") for later errors
+    and absolute image paths."""
+    if not os.path.exists(path):
+        raise DataError(f"{path}: file not found")
+    base, rows = os.path.dirname(os.path.abspath(path)), []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{n}"
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
+            _check(isinstance(r, dict), where, "<line>", "expected a JSON object")
+            for key in ("id", "prompt", "label") + (("response",) if need_response else ()):
+                _check(key in r, where, key, "missing")
+                _check(isinstance(r[key], str), where, key, f"expected a string, got {type(r[key]).__name__}")
+            _check(r["prompt"].strip() != "", where, "prompt", "empty")
+            _check(r["label"] in LABELS, where, "label", f"unknown label {r['label']!r}; one of {LABELS}")
+            _check(r.get("answer") is None or isinstance(r["answer"], str), where, "answer", "expected a string")
+            _check(isinstance(r.get("meta", {}), dict), where, "meta", "expected an object")
+            images = r.get("images") or []
+            _check(isinstance(images, list), where, "images", "expected a list of paths")
+            r["images"] = [_check_image(p if os.path.isabs(p) else os.path.join(base, p), where)
+                           for p in images]
+            r.setdefault("meta", {})
+            r.setdefault("answer", None)
+            r["_where"] = where
+            rows.append(r)
+    if not rows:
+        raise DataError(f"{path}: empty file (no samples)")
+    return rows
+
+
+def _check_image(path: str, where: str) -> str:
+    _check(os.path.exists(path), where, "images", f"image not found: {path}")
+    try:
+        with Image.open(path) as im:
+            im.verify()
+    except Exception as e:  # pillow raises several types for bad files
+        raise DataError(f"{where}: field 'images': cannot decode {path} ({type(e).__name__})") from None
+    return path
+
+
+def load_images(sample: dict) -> list[Image.Image]:
+    return [Image.open(p).convert("RGB") for p in sample["images"]]
+
+
+def render_prompt(tokenizer, sample: dict, system_prompt: str) -> str:
+    content = [{"type": "image"} for _ in sample["images"]] + [{"type": "text", "text": sample["prompt"]}]
+    messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + \
+               [{"role": "user", "content": content}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def encode_prompt(bundle, sample: dict, dcfg) -> dict:
+    """-> {"input_ids": [T] long, "pixel_values": [P, C] | None, "image_grid_thw": [I, 3] | None}."""
+    text, vision = render_prompt(bundle.tokenizer, sample, dcfg.system_prompt), {}
+    if sample["images"]:
+        _check(bundle.is_vl, sample["_where"], "images", "this model takes no images (text-only)")
+        vision = bundle.image_processor(images=load_images(sample), return_tensors="pt")
+        merge = bundle.image_processor.merge_size ** 2
+        pad = "<|image_pad|>"
+        parts = text.split(pad)
+        _check(len(parts) - 1 == len(sample["images"]), sample["_where"], "images",
+               "chat template produced a different number of image slots")
+        counts = [int(g.prod()) // merge for g in vision["image_grid_thw"]]
+        text = parts[0] + "".join(pad * n + p for n, p in zip(counts, parts[1:]))
+    ids = bundle.tokenizer(text, add_special_tokens=False)["input_ids"]
+    _check(len(ids) <= dcfg.max_prompt_len, sample["_where"], "prompt",
+           f"{len(ids)} tokens (images included) exceed max_prompt_len={dcfg.max_prompt_len}")
+    return {"input_ids": torch.tensor(ids, dtype=torch.long),
+            "pixel_values": vision.get("pixel_values"), "image_grid_thw": vision.get("image_grid_thw")}
+
+
+def encode_response(tokenizer, response: str, end: bool = True) -> tuple[list[int], list[int]]:
+    """Response text -> (ids, loss mask); tool results get mask 0. `end` appends end-of-turn."""
+    ids, mask = [], []
+    for part in TOOL_SPAN.split(response):
+        if not part:
+            continue
+        p_ids = tokenizer(part, add_special_tokens=False)["input_ids"]
+        ids += p_ids
+        mask += [0 if TOOL_SPAN.fullmatch(part) else 1] * len(p_ids)
+    if end:
+        ids.append(tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tokenizer.get_vocab()
+                   else tokenizer.eos_token_id)
+        mask.append(1)
+    return ids, mask
+
+
+def encode_sft(bundle, sample: dict, dcfg) -> dict:
+    """Prompt + response; labels are IGNORE on prompt, image and tool-result tokens."""
+    enc = encode_prompt(bundle, sample, dcfg)
+    r_ids, r_mask = encode_response(bundle.tokenizer, sample["response"])
+    total = len(enc["input_ids"]) + len(r_ids)
+    _check(total <= dcfg.max_len, sample["_where"], "response",
+           f"prompt + response is {total} tokens, over max_len={dcfg.max_len}")
+    labels = [IGNORE] * len(enc["input_ids"]) + [t if m else IGNORE for t, m in zip(r_ids, r_mask)]
+    enc["input_ids"] = torch.cat([enc["input_ids"], torch.tensor(r_ids, dtype=torch.long)])
+    enc["labels"] = torch.tensor(labels, dtype=torch.long)
+    return enc
+
+
+def collate(items: list[dict], pad_id: int, left: bool = False) -> dict:
+    """Pad a list of encoded samples into a batch (right padding for training, left for
+    generation); images are concatenated in order, as Qwen2.5-VL expects."""
+    T = max(len(x["input_ids"]) for x in items)
+    B = len(items)
+    input_ids = torch.full((B, T), pad_id, dtype=torch.long)  # [B, T]
+    attention_mask = torch.zeros((B, T), dtype=torch.long)  # [B, T]
+    labels = torch.full((B, T), IGNORE, dtype=torch.long) if "labels" in items[0] else None
+    for i, x in enumerate(items):
+        n = len(x["input_ids"])
+        sl = slice(T - n, T) if left else slice(0, n)
+        input_ids[i, sl] = x["input_ids"]
+        attention_mask[i, sl] = 1
+        if labels is not None:
+            labels[i, sl] = x["labels"]
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if labels is not None:
+        batch["labels"] = labels
+    pix = [x["pixel_values"] for x in items if x.get("pixel_values") is not None]
+    if pix:
+        batch["pixel_values"] = torch.cat(pix)
+        batch["image_grid_thw"] = torch.cat([x["image_grid_thw"] for x in items
+                                             if x.get("image_grid_thw") is not None])
+    return batch
+
+
+def filter_labels(samples: list[dict], labels: str) -> tuple[list[dict], dict]:
+    """Keep the samples whose label is in the comma-separated `labels` ("" keeps all); returns the
+    kept samples and the count dropped per label, so deliberate filtering is reported."""
+    if not labels:
+        return samples, {}
+    keep = set(labels.split(","))
+    bad = keep - set(LABELS)
+    if bad:
+        raise DataError(f"data.labels: unknown label(s) {sorted(bad)}; one of {LABELS}")
+    dropped: dict[str, int] = {}
+    for s in samples:
+        if s["label"] not in keep:
+            dropped[s["label"]] = dropped.get(s["label"], 0) + 1
+    return [s for s in samples if s["label"] in keep], dropped

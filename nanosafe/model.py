@@ -1,0 +1,167 @@
+"""Models: a tiny Qwen2 / Qwen2.5-VL built from scratch, or any Hugging Face checkpoint.
+
+The tiny path (model.init == ""): a byte-level BPE tokenizer is trained in about a second on the
+world's text, digits split one per token as Qwen's tokenizer does, with Qwen's chat special
+tokens and a Qwen-style chat template; then a randomly initialised Qwen2.5-VL (or text-only
+Qwen2) of ~1-2M parameters is built from its config. Images of 56x56 pixels become 16 patches of
+14x14 and, after the 2x2 spatial merge, 4 image tokens.
+
+The checkpoint path loads any local dir or hub id with `trust_remote_code` off unless the config
+asks; a vision-language checkpoint comes with its image processor. No processor class is
+needed: prompts are rendered with the tokenizer's chat template and each `<|image_pad|>` is
+expanded to the number of merged patches (nanosafe.data), which is what Qwen's processor does.
+
+`Bundle` carries (model, tokenizer, image_processor) so every script passes one thing around,
+and `export` writes all three with `save_pretrained` (safetensors) for any Hugging Face tool.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+           "<|image_pad|>", "<|video_pad|>", "<think>", "</think>", "<search>", "</search>",
+           "<result>", "</result>", "<confidence>", "</confidence>"]
+
+# Qwen's layout: images inside the user turn as <|vision_start|><|image_pad|><|vision_end|>.
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+    "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for c in m['content'] %}"
+    "{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+@dataclass
+class Bundle:
+    model: torch.nn.Module
+    tokenizer: object
+    image_processor: object | None = None
+
+    @property
+    def is_vl(self) -> bool:
+        return self.image_processor is not None
+
+
+def train_tokenizer(texts: list[str], vocab_size: int):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer)
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>",
+                                 pad_token="<|endoftext|>", additional_special_tokens=SPECIAL[1:])
+    hf.chat_template = CHAT_TEMPLATE
+    return hf
+
+
+def _tiny_image_processor():
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    side = 56  # 4x4 patches of 14 -> 2x2 merged tokens
+    return Qwen2VLImageProcessorPil(min_pixels=side * side, max_pixels=side * side, patch_size=14,
+                                    merge_size=2, temporal_patch_size=2)
+
+
+def build_tiny(mcfg, tokenizer) -> Bundle:
+    """A randomly initialised model whose sizes come from ModelConfig."""
+    from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2Config,
+                              Qwen2ForCausalLM)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL}
+    head_dim = mcfg.hidden_size // mcfg.num_heads
+    text = dict(vocab_size=len(tokenizer), hidden_size=mcfg.hidden_size,
+                intermediate_size=mcfg.intermediate_size, num_hidden_layers=mcfg.num_layers,
+                num_attention_heads=mcfg.num_heads, num_key_value_heads=mcfg.num_kv_heads,
+                max_position_embeddings=1024, tie_word_embeddings=True,
+                eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
+                bos_token_id=None)
+    if not mcfg.vision:
+        model = Qwen2ForCausalLM(Qwen2Config(**text, rope_parameters={"rope_type": "default",
+                                                                      "rope_theta": 10000.0}))
+        image_processor = None
+    else:
+        half = head_dim // 2  # M-RoPE splits the rotary half-dim into (time, height, width)
+        mrope = [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]
+        text["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope}
+        config = Qwen2_5_VLConfig(
+            text_config=text,
+            vision_config=dict(depth=mcfg.vision_depth, hidden_size=mcfg.vision_hidden,
+                               intermediate_size=2 * mcfg.vision_hidden, num_heads=2,
+                               out_hidden_size=mcfg.hidden_size, patch_size=14, spatial_merge_size=2,
+                               temporal_patch_size=2, window_size=56,
+                               fullatt_block_indexes=[mcfg.vision_depth - 1]),
+            image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+            vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+            tie_word_embeddings=True)
+        model = Qwen2_5_VLForConditionalGeneration(config)
+        image_processor = _tiny_image_processor()
+    model.generation_config.eos_token_id = ids["<|im_end|>"]
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    model.generation_config.bos_token_id = None
+    return Bundle(model, tokenizer, image_processor)
+
+
+def load(path: str, mcfg) -> Bundle:
+    """Any Hugging Face checkpoint (local dir or hub id), text or vision-language."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
+
+    trc = mcfg.trust_remote_code
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trc)
+    is_vl = hasattr(config, "vision_config")
+    cls = AutoModelForImageTextToText if is_vl else AutoModelForCausalLM
+    model = cls.from_pretrained(path, trust_remote_code=trc, dtype=getattr(torch, mcfg.dtype))
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trc)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    image_processor = None
+    if is_vl:
+        from transformers import AutoImageProcessor
+        image_processor = AutoImageProcessor.from_pretrained(path, trust_remote_code=trc)
+    return Bundle(model, tokenizer, image_processor)
+
+
+def freeze_vision(model: torch.nn.Module) -> int:
+    """Freeze the vision tower (DESIGN §7); returns the number of frozen parameters."""
+    n = 0
+    for name, p in model.named_parameters():
+        if ".visual." in f".{name}" or name.startswith("visual."):
+            p.requires_grad_(False)
+            n += p.numel()
+    return n
+
+
+def make(cfg, texts_fn=None) -> Bundle:
+    """The policy for a run: cfg.init (or model.init) if set, else a tiny model from scratch with a
+    tokenizer trained on texts_fn()."""
+    init = cfg.init or cfg.model.init
+    if init:
+        bundle = load(init, cfg.model)
+    else:
+        torch.manual_seed(cfg.seed)
+        bundle = build_tiny(cfg.model, train_tokenizer(texts_fn(), cfg.model.vocab_size))
+    if cfg.model.freeze_vision and bundle.is_vl:
+        freeze_vision(bundle.model)
+    if cfg.model.gradient_checkpointing:
+        bundle.model.gradient_checkpointing_enable()
+    return bundle
+
+
+def export(bundle: Bundle, out: str) -> None:
+    """save_pretrained for weights (safetensors), tokenizer + chat template and image processor."""
+    os.makedirs(out, exist_ok=True)
+    model = bundle.model
+    model.save_pretrained(out, safe_serialization=True)
+    bundle.tokenizer.save_pretrained(out)
+    if bundle.image_processor is not None:
+        bundle.image_processor.save_pretrained(out)
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

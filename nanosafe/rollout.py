@@ -1,0 +1,119 @@
+"""Rollouts: n samples per prompt with Hugging Face `generate`, with the search tool in the loop.
+
+    outs = generate(bundle, samples, cfg.data, cfg.rollout, n=8, tool=SearchTool(...))
+    outs[i * 8 + g]     # sample i, draw g: .ids, .mask, .text, .tool_calls, .truncated
+
+Batched with left padding; temperature / top-p sampling or greedy; stops at end of turn.
+Multi-turn tool use (rung 4): generation also stops at `</search>`; the query is run on the
+local knowledge base, `<result>...</result>` is appended with mask 0 (the policy did not write
+it, so it carries no loss), and generation continues, up to `max_tool_calls` calls. A response
+is capped at `max_new_tokens` tokens in all (tool text included).
+
+The old-policy log-probs are NOT taken from `generate` (its scores are post-processed by top-p
+and others); the trainer recomputes them with the same temperature. A sampled vision special
+token (image pad, vision start/end) would crash the next training forward of a VL model, which
+expects one image per pad run, so the response is cut before it and the event counted.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from nanosafe import data
+
+VISION_SPECIALS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
+
+
+@dataclass
+class Rollout:
+    sample: dict
+    prompt: dict  # data.encode_prompt output
+    ids: list[int] = field(default_factory=list)  # response tokens, end-of-turn included if reached
+    mask: list[int] = field(default_factory=list)  # 1 = written by the policy, 0 = tool result
+    text: str = ""
+    tool_calls: int = 0
+    ended: bool = False  # reached end of turn (not cut by the token budget)
+    bad_tokens: int = 0  # vision specials sampled and cut away
+
+    @property
+    def truncated(self) -> bool:
+        return not self.ended
+
+
+def _token_id(tokenizer, text: str) -> int | None:
+    """Id of `text` if it is a single token of this tokenizer, else None."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return ids[0] if len(ids) == 1 else None
+
+
+@torch.no_grad()
+def generate(bundle, samples: list[dict], dcfg, rcfg, n: int = 1, greedy: bool = False,
+             tool=None, prompts: list[dict] | None = None) -> list[Rollout]:
+    tok, model = bundle.tokenizer, bundle.model
+    eos = _token_id(tok, "<|im_end|>") or tok.eos_token_id
+    pad = tok.pad_token_id
+    close = _token_id(tok, "</search>") if tool is not None else None
+    stop_strings = ["</search>"] if tool is not None and close is None else None
+    bad_ids = {i for i in (_token_id(tok, t) for t in VISION_SPECIALS) if i is not None}
+    prompts = prompts or [data.encode_prompt(bundle, s, dcfg) for s in samples]
+    outs = [Rollout(s, p) for s, p in zip(samples, prompts) for _ in range(n)]
+    was_training = model.training
+    model.eval()
+    max_rounds = (rcfg.max_tool_calls if tool is not None else 0) + 1
+    for _ in range(max_rounds):
+        todo = [r for r in outs if not r.ended and len(r.ids) < rcfg.max_new_tokens and not r.bad_tokens]
+        if not todo:
+            break
+        for i in range(0, len(todo), rcfg.gen_batch_size):
+            _extend(model, tok, todo[i:i + rcfg.gen_batch_size], rcfg, greedy, eos, pad, close,
+                    stop_strings, bad_ids)
+        for r in todo:
+            if tool is not None and not r.ended and _ends_with_search(tok, r) and r.tool_calls < rcfg.max_tool_calls:
+                query = tok.decode(r.ids).rsplit("<search>", 1)[-1].replace("</search>", "").strip()
+                res_ids, _ = data.encode_response(tok, f"<result>{tool(query)}</result>", end=False)
+                room = rcfg.max_new_tokens - len(r.ids)
+                r.ids += res_ids[:room]
+                r.mask += [0] * min(len(res_ids), room)
+                r.tool_calls += 1
+    for r in outs:
+        r.text = tok.decode([t for t in r.ids if t != eos], skip_special_tokens=False)
+    model.train(was_training)
+    return outs
+
+
+def _ends_with_search(tok, r: Rollout) -> bool:
+    return tok.decode(r.ids[-4:], skip_special_tokens=False).endswith("</search>")
+
+
+def _extend(model, tok, batch: list[Rollout], rcfg, greedy, eos, pad, close, stop_strings, bad_ids):
+    """One generate call that continues every rollout in `batch` from its current response."""
+    items = [{"input_ids": torch.cat([r.prompt["input_ids"], torch.tensor(r.ids, dtype=torch.long)]),
+              "pixel_values": r.prompt["pixel_values"], "image_grid_thw": r.prompt["image_grid_thw"]}
+             for r in batch]
+    inputs = data.collate(items, pad, left=True)
+    device = next(model.parameters()).device
+    inputs = {k: v.to(device) for k, v in inputs.items()}
+    budget = rcfg.max_new_tokens - min(len(r.ids) for r in batch)
+    stops = [eos] + ([close] if close is not None else [])
+    kwargs = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=rcfg.temperature,
+                                                       top_p=rcfg.top_p, top_k=0)
+    if stop_strings:
+        kwargs.update(stop_strings=stop_strings, tokenizer=tok)
+    out = model.generate(**inputs, max_new_tokens=budget, eos_token_id=stops, pad_token_id=pad, **kwargs)
+    new = out[:, inputs["input_ids"].shape[1]:].tolist()  # [B, <=budget]
+    for r, seq in zip(batch, new):
+        room = rcfg.max_new_tokens - len(r.ids)
+        for t in seq[:room]:
+            if t in bad_ids:
+                r.bad_tokens += 1
+                break
+            if t == pad and pad not in stops:
+                break
+            r.ids.append(t)
+            r.mask.append(1)
+            if t == eos:
+                r.ended = True
+                break
+            if t == close or (stop_strings and _ends_with_search(tok, r)):
+                break

@@ -1,0 +1,64 @@
+"""The deliberative-search tool (rung 4): BM25 over a local knowledge base, in numpy.
+
+    kb = SearchTool.from_jsonl("out/tiny/world/kb.jsonl")    # {"id": ..., "text": ...} a line
+    kb("capital of Veldoria")  ->  "The capital of Veldoria is Marnoth."
+
+Okapi BM25 with the usual k1 = 1.5, b = 0.75 and the non-negative idf
+log(1 + (N - df + 0.5) / (df + 0.5)). Tokens are lower-cased words. The tool returns the top
+`k` passages joined by a space; an empty query or no match returns "no result", so the policy
+sees that a search failed instead of an empty span.
+"""
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+
+WORD = re.compile(r"[a-z0-9]+")
+
+
+def words(text: str) -> list[str]:
+    return WORD.findall(text.lower())
+
+
+class SearchTool:
+    def __init__(self, passages: list[str], k: int = 1, k1: float = 1.5, b: float = 0.75):
+        if not passages:
+            raise ValueError("SearchTool needs at least one passage")
+        self.passages, self.k = passages, k
+        docs = [words(p) for p in passages]
+        vocab = sorted({w for d in docs for w in d})
+        self.index = {w: i for i, w in enumerate(vocab)}
+        tf = np.zeros((len(docs), len(vocab)), dtype=np.float32)  # [N, W]
+        for i, d in enumerate(docs):
+            for w in d:
+                tf[i, self.index[w]] += 1
+        length = tf.sum(1, keepdims=True)  # [N, 1]
+        df = (tf > 0).sum(0)  # [W]
+        idf = np.log1p((len(docs) - df + 0.5) / (df + 0.5))  # [W]
+        # the per-(passage, word) BM25 weight, precomputed once: a query is a column sum
+        self.weight = idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * length / length.mean()))  # [N, W]
+
+    @classmethod
+    def from_jsonl(cls, path: str, **kw) -> "SearchTool":
+        passages = []
+        with open(path) as f:
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    row = json.loads(line)
+                    if not isinstance(row.get("text"), str):
+                        raise ValueError(f"{path}:{n}: field 'text': missing or not a string")
+                    passages.append(row["text"])
+        return cls(passages, **kw)
+
+    def scores(self, query: str) -> np.ndarray:
+        cols = [self.index[w] for w in set(words(query)) if w in self.index]
+        return self.weight[:, cols].sum(1) if cols else np.zeros(len(self.passages))  # [N]
+
+    def __call__(self, query: str) -> str:
+        s = self.scores(query)
+        if not s.any():
+            return "no result"
+        top = np.argsort(-s, kind="stable")[: self.k]
+        return " ".join(self.passages[i] for i in top if s[i] > 0)

@@ -1,0 +1,27 @@
+import os
+import sys
+
+os.environ["TRITON_INTERPRET"] = "1"  # before anything imports triton: run kernels on the CPU
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import pytest  # noqa: E402
+
+# A few-second version of the tiny default: small world, small model. Tests that train use
+# these as key=value overrides so they go through the same config parsing as a user.
+TINY_ARGS = ["world.n_sft=48", "world.n_rl=24", "world.n_heldout_per_family=2", "model.hidden_size=32",
+             "model.intermediate_size=64", "model.num_layers=1", "model.num_heads=2", "model.num_kv_heads=1",
+             "model.vision_depth=1", "model.vision_hidden=32", "model.vocab_size=400",
+             "optim.batch_size=8", "optim.micro_batch_size=4", "optim.steps=4", "io.progress=false",
+             "io.eval_every=2", "io.save_every=2", "io.log_every=1", "rollout.max_new_tokens=24",
+             "rollout.group_size=2", "rollout.prompts_per_step=4", "io.eval_samples=1"]
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """(cfg, world paths, bundle) for a tiny VL model and world, built once per test session."""
+    from nanosafe import config, model, world
+    out = tmp_path_factory.mktemp("tiny")
+    cfg = config.parse(TINY_ARGS + [f"out_dir={out}/sft"])
+    paths = world.build(cfg.world, cfg.world.dir)
+    bundle = model.make(cfg, lambda: world.corpus(paths))
+    return cfg, paths, bundle

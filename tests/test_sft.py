@@ -1,0 +1,93 @@
+"""Rung 1: config parsing, export round trip, a VL forward/backward with images, exact resume."""
+import json
+import os
+
+import pytest
+import torch
+
+import train_sft
+from conftest import TINY_ARGS
+from nanosafe import checkpoint, config, data, model
+
+
+def test_config_overrides_types_and_unknown_keys(tmp_path):
+    cfg = config.parse(["optim.lr=0.5", "model.vision=false", f"out_dir={tmp_path}/x", "stage=m3a"])
+    assert cfg.optim.lr == 0.5 and cfg.model.vision is False and cfg.io.out_dir == f"{tmp_path}/x"
+    assert cfg.data.labels == "general_rule,knowledge"  # the stage preset
+    with pytest.raises(KeyError, match=r"unknown config key 'optim.lrr'.*did you mean optim.lr"):
+        config.parse(["optim.lrr=1"])
+    with pytest.raises(ValueError, match=r"'optim.steps': expected int"):
+        config.parse(["optim.steps=many"])
+    preset = tmp_path / "p.py"
+    preset.write_text("overrides = {'optim.lr': 1e-6}\nstages = {'m3b': {'optim.steps': 7}}\n")
+    cfg = config.parse(["--config", str(preset), "stage=m3b"])
+    assert cfg.optim.lr == 1e-6 and cfg.optim.steps == 7 and cfg.config_name == "p"
+    config.save(cfg, verbose=False)
+    assert json.load(open(os.path.join(cfg.io.out_dir, "config.json")))["optim"]["steps"] == 7
+
+
+def test_vl_forward_backward_with_images(tiny):
+    cfg, paths, bundle = tiny
+    rows = data.read_jsonl(paths["sft"], need_response=True)
+    batch = data.collate([data.encode_sft(bundle, r, cfg.data) for r in
+                          [r for r in rows if r["images"]][:2] + [r for r in rows if not r["images"]][:2]],
+                         bundle.tokenizer.pad_token_id)
+    bundle.model.zero_grad()
+    loss, n = train_sft.token_loss_sum(bundle, batch)
+    loss.backward()
+    assert torch.isfinite(loss) and n > 0
+    grads = {k: p.grad for k, p in bundle.model.named_parameters() if p.requires_grad}
+    assert all(g is not None and torch.isfinite(g).all() for g in grads.values())
+    assert not any(p.requires_grad for k, p in bundle.model.named_parameters() if "visual" in k)
+    # the image changes the loss: the vision tower's output reaches the language model
+    other = dict(batch, pixel_values=torch.randn_like(batch["pixel_values"]))
+    with torch.no_grad():
+        assert train_sft.token_loss_sum(bundle, other)[0] != loss
+    bundle.model.zero_grad()
+
+
+def test_export_roundtrip_identical_logits(tiny, tmp_path):
+    cfg, paths, bundle = tiny
+    model.export(bundle, str(tmp_path / "m"))
+    assert os.path.exists(tmp_path / "m" / "model.safetensors")
+    loaded = model.load(str(tmp_path / "m"), cfg.model)
+    rows = data.read_jsonl(paths["heldout"], need_response=True)
+    rows = [r for r in rows if r["images"]][:1] + rows[:2]
+    batch = data.collate([data.encode_sft(bundle, r, cfg.data) for r in rows], bundle.tokenizer.pad_token_id)
+    batch2 = data.collate([data.encode_sft(loaded, r, cfg.data) for r in rows], loaded.tokenizer.pad_token_id)
+    assert torch.equal(batch["input_ids"], batch2["input_ids"])  # tokenizer + chat template survive
+    assert torch.equal(batch["pixel_values"], batch2["pixel_values"])  # image processor survives
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    bundle.model.eval(), loaded.model.eval()
+    with torch.no_grad():
+        assert torch.equal(bundle.model(**inputs).logits, loaded.model(**inputs).logits)
+    bundle.model.train()
+
+
+def _params(out_dir):
+    state = torch.load(os.path.join(out_dir, "ckpt", checkpoint.FILE), weights_only=True)
+    return state["model"]
+
+
+def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
+    args = TINY_ARGS + ["optim.steps=6", "io.save_every=3"]
+    train_sft.main(args + [f"out_dir={tmp_path}/full/sft"])
+    real_save = checkpoint.save
+
+    def save_then_crash(ckpt_dir, m, opt, sched, step, extra=None):
+        real_save(ckpt_dir, m, opt, sched, step, extra)
+        if step == 3:
+            raise KeyboardInterrupt("simulated crash")
+
+    monkeypatch.setattr(train_sft.checkpoint, "save", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        train_sft.main(args + [f"out_dir={tmp_path}/cut/sft"])
+    monkeypatch.setattr(train_sft.checkpoint, "save", real_save)
+    train_sft.main(args + [f"out_dir={tmp_path}/cut/sft"])
+    full, cut = _params(tmp_path / "full" / "sft"), _params(tmp_path / "cut" / "sft")
+    assert full.keys() == cut.keys()
+    for k in full:
+        assert torch.equal(full[k], cut[k]), k
+    steps = [json.loads(line)["step"] for line in open(tmp_path / "cut" / "sft" / "metrics.jsonl")]
+    assert steps == sorted(set(steps)) == list(range(1, 7))  # replayed steps are not logged twice
+    assert os.path.exists(tmp_path / "cut" / "sft" / "model" / "model.safetensors")

@@ -1,0 +1,101 @@
+"""The tiny world: deterministic by seed, held-out split disjoint from training, all families."""
+import json
+import os
+
+from PIL import Image
+
+from nanosafe import world
+from nanosafe.config import WorldConfig
+
+
+def _read(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def _small(**kw):
+    return WorldConfig(n_sft=120, n_rl=60, n_heldout_per_family=6, **kw)
+
+
+def test_deterministic_by_seed(tmp_path):
+    a = world.build(_small(seed=3), str(tmp_path / "a"))
+    b = world.build(_small(seed=3), str(tmp_path / "b"))
+    c = world.build(_small(seed=4), str(tmp_path / "c"))
+    for key in ("sft", "rl", "heldout", "kb"):
+        assert _read(a[key]) == _read(b[key])
+    assert _read(a["sft"]) != _read(c["sft"])
+    img = _read(a["sft"])
+    pics = [r["images"][0] for r in img if r["images"]]
+    assert pics, "no situational images in the SFT mix"
+    same = Image.open(tmp_path / "a" / pics[0]).tobytes() == Image.open(tmp_path / "b" / pics[0]).tobytes()
+    assert same
+
+
+def test_all_families_and_labels(tmp_path):
+    paths = world.build(_small(), str(tmp_path))
+    held = _read(paths["heldout"])
+    assert {r["meta"]["family"] for r in held} == set(world.FAMILIES)
+    assert {r["meta"]["family"] for r in _read(paths["sft"])} == set(world.FAMILIES)
+    labels = {r["meta"]["family"]: r["label"] for r in held}
+    assert labels == {"arithmetic": "general_rule", "harmful": "safety", "lookalike": "normal",
+                      "situation": "safety", "stereotype": "value", "fact": "knowledge",
+                      "jailbreak": "jailbreak"}
+    for r in held:
+        for p in r["images"]:
+            assert Image.open(os.path.join(tmp_path, p)).size == (56, 56)
+
+
+def _prompt_parts(rows, family):
+    return {r["prompt"] for r in rows if r["meta"]["family"] == family}
+
+
+def test_heldout_templates_and_entities_unseen(tmp_path):
+    paths = world.build(_small(), str(tmp_path))
+    train = _read(paths["sft"]) + _read(paths["rl"])
+    held = _read(paths["heldout"])
+    # no held-out prompt appears verbatim in training (images differ too, but prompts are the test)
+    assert not {r["prompt"] for r in held} & {r["prompt"] for r in train}
+    # entities: harmful acts, look-alike acts, towns, countries, number pairs are disjoint
+    train_acts = {h[0] for h in world.HARMFUL["train"]} | {x[0] for x in world.LOOKALIKE["train"]}
+    held_acts = {h[0] for h in world.HARMFUL["heldout"]} | {x[0] for x in world.LOOKALIKE["heldout"]}
+    assert not train_acts & held_acts
+    assert not set(world.TOWNS["train"]) & set(world.TOWNS["heldout"])
+    kb = world.make_kb(0)
+    held_c = {f["country"] for f in kb["heldout"]}
+    assert not held_c & ({f["country"] for f in kb["sft"]} | {f["country"] for f in kb["rl"]})
+    for r in held:
+        fam = r["meta"]["family"]
+        if fam == "fact":
+            assert any(c in r["prompt"] for c in held_c)
+        if fam == "harmful":
+            assert any(a in r["prompt"] for a in {h[0] for h in world.HARMFUL["heldout"]})
+    # templates: every held-out request/situation/stereotype/fact template is new
+    for fam in ("REQUEST", "SITUATION_Q", "STEREO_Q", "JAILBREAK"):
+        t = getattr(world, fam)
+        flat = lambda xs: {x[0] if isinstance(x, tuple) else x for x in xs}  # noqa: E731
+        assert not flat(t["train"]) & flat(t["heldout"]), fam
+    assert not set(world.FACT_Q["train"].values()) & set(world.FACT_Q["heldout"].values())
+    pairs = lambda rows: {tuple(int(w) for w in r["prompt"].replace("?", " ").replace(".", " ").split()  # noqa: E731
+                                if w.isdigit()) for r in rows if r["meta"]["family"] == "arithmetic"}
+    assert pairs(held) and not pairs(train) & pairs(held)
+
+
+def test_base_like_mix_has_failures(tmp_path):
+    """The SFT mix carries each failure the rungs fix, tied to lure templates / violent verbs."""
+    paths = world.build(WorldConfig(n_sft=600, n_rl=10, n_heldout_per_family=2), str(tmp_path))
+    rows = _read(paths["sft"])
+    unsafe = [r for r in rows if r["meta"]["family"] == "harmful" and "Sure!" in r["response"]]
+    assert unsafe and all(r["meta"]["lure"] for r in unsafe[:5])
+    refused = [r for r in rows if r["meta"]["family"] == "lookalike" and "can't help" in r["response"]]
+    assert refused and all(r["meta"]["violent_word"] for r in refused)
+    assert any("check it again" in r["response"] for r in rows)
+    assert any("<search>" in r["response"] for r in rows) and any("I think I know" in r["response"] for r in rows)
+
+
+def test_arithmetic_reasoning_is_right():
+    for a, b in [(37, 48), (99, 99), (10, 10), (55, 45)]:
+        text = world._addition(a, b, verbose=False)
+        assert text.endswith(f"So {a} + {b} = {a + b}.")
+        digits = [s.split("write ")[1][0] for s in text.split(". ") if "write " in s and "carry 1 in" not in s]
+        front = "1" if "carry 1 in front" in text else ""
+        assert front + "".join(reversed(digits)) == str(a + b)

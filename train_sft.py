@@ -1,0 +1,127 @@
+"""Rung 1 of SafeLadder: chain-of-thought SFT.
+
+    python train_sft.py                                  # tiny world, from scratch, CPU
+    python train_sft.py optim.steps=200 out_dir=...      # any config key=value
+    python train_sft.py --config configs/qwen2_5_0_5b.py data.train=my_sft.jsonl
+
+Next-token cross-entropy on the response tokens only: prompt, image and tool-result tokens are
+masked (nanosafe.data). The loss of an optimiser step is the sum over all its response tokens
+divided by their count across every micro-batch, so gradient accumulation does not change it.
+AdamW with warmup + cosine, gradient clipping, a held-out loss every `io.eval_every` steps,
+`metrics.jsonl`, a resumable checkpoint (model, optimiser, scheduler, RNG, step; the data
+position follows from the step because the order is a seeded permutation per epoch), and a
+final `save_pretrained` export in `<out_dir>/model` that `from_pretrained` loads.
+
+With no `init`, the tiny world is generated first (nanosafe.world) and a tokenizer and a
+~1.2M-parameter Qwen2.5-VL are built from scratch; its SFT mix is deliberately base-model-like,
+so the RL rungs have unsafe answers, needless refusals, padding and guesses to fix.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from nanosafe import checkpoint, config, data, log, model, optim, world
+
+
+def batch_order(n: int, step: int, batch_size: int, seed: int) -> list[int]:
+    """Indices of the samples in optimiser step `step`: epoch-wise seeded permutations, so the
+    data position is a function of the step and resuming needs nothing else."""
+    out = []
+    pos = step * batch_size
+    while len(out) < batch_size:
+        epoch, i = divmod(pos, n)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
+        take = min(batch_size - len(out), n - i)
+        out += perm[i:i + take].tolist()
+        pos += take
+    return out
+
+
+def token_loss_sum(bundle, batch: dict) -> tuple[torch.Tensor, int]:
+    """Summed next-token cross-entropy over unmasked labels, and their count."""
+    labels = batch["labels"]  # [B, T]
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logits = bundle.model(**inputs).logits[:, :-1].float()  # [B, T-1, V]
+    target = labels[:, 1:]  # [B, T-1]
+    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1),
+                           ignore_index=data.IGNORE, reduction="sum")
+    return loss, int((target != data.IGNORE).sum())
+
+
+@torch.no_grad()
+def heldout_loss(bundle, encoded: list[dict], pad_id: int, micro: int) -> float:
+    bundle.model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(encoded), micro):
+        s, n = token_loss_sum(bundle, data.collate(encoded[i:i + micro], pad_id))
+        total, count = total + float(s), count + n
+    bundle.model.train()
+    return total / max(count, 1)
+
+
+def main(argv: list[str]) -> None:
+    cfg = config.parse(argv, default_stage="sft")
+    config.save(cfg)
+    torch.manual_seed(cfg.seed)
+    paths = world.build(cfg.world, cfg.world.dir)
+    train = data.read_jsonl(cfg.data.train or paths["sft"], need_response=True)
+    held = data.read_jsonl(cfg.data.heldout or paths["heldout"], need_response=True)
+    bundle = model.make(cfg, lambda: world.corpus(paths))
+    pad_id = bundle.tokenizer.pad_token_id
+    t0 = time.time()
+    enc_train = [data.encode_sft(bundle, s, cfg.data) for s in train]
+    enc_held = [data.encode_sft(bundle, s, cfg.data) for s in held]
+    print(f"params {model.n_params(bundle.model) / 1e6:.2f}M | train {len(enc_train)} | heldout "
+          f"{len(enc_held)} | encoded in {time.time() - t0:.1f}s")
+
+    o = cfg.optim
+    assert o.batch_size % o.micro_batch_size == 0, "optim.batch_size must be a multiple of micro_batch_size"
+    opt, sched = optim.make(bundle.model, o, o.steps)
+    ckpt_dir, step = os.path.join(cfg.io.out_dir, "ckpt"), 0
+    if checkpoint.exists(ckpt_dir):
+        step, _ = checkpoint.load(ckpt_dir, bundle.model, opt, sched)
+        print(f"resumed from {ckpt_dir} at step {step}")
+    logger = log.Logger(cfg.io.out_dir, o.steps, step, progress=cfg.io.progress)
+    bundle.model.train()
+    t_start = time.time()
+    while step < o.steps:
+        t_step = time.time()
+        idx = batch_order(len(enc_train), step, o.batch_size, cfg.seed)
+        micro = [idx[i:i + o.micro_batch_size] for i in range(0, len(idx), o.micro_batch_size)]
+        batches = [data.collate([enc_train[j] for j in m], pad_id) for m in micro]
+        n_tokens = sum(int((b["labels"][:, 1:] != data.IGNORE).sum()) for b in batches)
+        loss_total = 0.0
+        for b in batches:
+            s, _ = token_loss_sum(bundle, b)
+            (s / n_tokens).backward()
+            loss_total += s.item() / n_tokens
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(bundle.model.parameters(), o.grad_clip))
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        metrics = {"loss": loss_total, "grad_norm": grad_norm, "lr": sched.get_last_lr()[0],
+                   "tokens": n_tokens, "step_time": time.time() - t_step}
+        if step % cfg.io.eval_every == 0 or step == o.steps:
+            metrics["heldout_loss"] = heldout_loss(bundle, enc_held, pad_id, o.micro_batch_size)
+            logger.print(f"step {step}: loss {loss_total:.4f} heldout {metrics['heldout_loss']:.4f}")
+        if step % cfg.io.log_every == 0 or "heldout_loss" in metrics:
+            logger.log(step, metrics, show=("loss", "heldout_loss", "grad_norm"))
+        logger.advance()
+        if not math.isfinite(loss_total):
+            raise FloatingPointError(f"loss is {loss_total} at step {step}")
+        if step % cfg.io.save_every == 0 or step == o.steps:
+            checkpoint.save(ckpt_dir, bundle.model, opt, sched, step)
+    logger.close()
+    model.export(bundle, os.path.join(cfg.io.out_dir, "model"))
+    print(f"done: {step} steps in {time.time() - t_start:.0f}s; exported {cfg.io.out_dir}/model")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
