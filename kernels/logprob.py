@@ -7,7 +7,8 @@ For hidden h [N, D], head W [V, D], temperature T and target t_n, with z = h W^T
     H_n     = logsumexp_v z_{n,v} - sum_v p_{n,v} z_{n,v}
 The RL loss only needs these two numbers per token, yet the naive way (log_softmax + gather)
 holds [N, V] fp32 logits, their softmax and their gradient: 3 x 2.5 GB for N = 4096 on a 152K
-vocabulary. Here memory is O(N + V*D) beyond the inputs and their gradients.
+vocabulary. Here, beyond the inputs and their gradients, the Triton forward keeps [S, N] partial
+results and the chunked torch code two [N, chunk] fp32 buffers (~64 MB each by default).
 
 Forward (Triton). The vocabulary is cut into S splits; a program owns a (row block, split) tile,
 walks its split in BLOCK_V columns, computes each logits tile with tl.dot (fp32 accumulation),
@@ -39,8 +40,6 @@ is a per-token log-prob and entropy with arbitrary upstream gradients (the RL lo
 token by its advantage), temperature is applied in fp32 before the softmax as at sampling time,
 and the backward is exact (no filtering) and leaves the big matmuls to cuBLAS.
 """
-import math
-
 import torch
 import triton
 import triton.language as tl
@@ -127,14 +126,15 @@ def _forward_triton(h, W, tgt, T, entropy, block, splits):
     row_blocks = triton.cdiv(N, BN)
     if splits is None:  # enough programs for two waves on the GPU
         sms = torch.cuda.get_device_properties(h.device).multi_processor_count if h.is_cuda else 2
-        splits = triton.cdiv(2 * sms, row_blocks)
+        splits = triton.cdiv(2 * sms, max(row_blocks, 1))
     splits = max(1, min(splits, tiles))
     cols_per_split = triton.cdiv(tiles, splits) * BV
     splits = triton.cdiv(V, cols_per_split)  # no empty split
     m, s, w, zt = torch.empty(4, splits, N, dtype=torch.float32, device=h.device)  # [S, N] each
-    _fwd_kernel[(row_blocks, splits)](h, W, tgt, m, s, w, zt, N, V, D, h.stride(0), W.stride(0),
-                                      float(T), cols_per_split, ENTROPY=entropy, BLOCK_N=BN,
-                                      BLOCK_V=BV, BLOCK_D=BD, num_warps=8 if BN * BV >= 8192 else 4)
+    if N:  # a micro-batch may hold no response token
+        _fwd_kernel[(row_blocks, splits)](h, W, tgt, m, s, w, zt, N, V, D, h.stride(0), W.stride(0),
+                                          float(T), cols_per_split, ENTROPY=entropy, BLOCK_N=BN,
+                                          BLOCK_V=BV, BLOCK_D=BD, num_warps=8 if BN * BV >= 8192 else 4)
     return (*_merge(m, s, w), zt.sum(0))
 
 
@@ -143,15 +143,17 @@ def _forward_torch(h, W, tgt, T, entropy, chunk):
     state = None
     zt = torch.zeros(N, dtype=torch.float32, device=h.device)
     for v0 in range(0, V, chunk):
-        z = _mm32(h, W[v0:v0 + chunk].t()) / T  # [N, C]
-        mc = z.amax(1)  # [N]
-        e = torch.exp(z - mc[:, None])  # [N, C]
-        wc = (e * (z - mc[:, None])).sum(1) if entropy else torch.zeros_like(mc)
+        zs = _mm32(h, W[v0:v0 + chunk].t()).div_(T)  # [N, C] logits
+        mc = zs.amax(1)  # [N]
+        zs.sub_(mc[:, None])  # shifted in place: two [N, C] buffers at most
+        e = torch.exp(zs)  # [N, C]
+        wc = torch.einsum("nc,nc->n", e, zs) if entropy else torch.zeros_like(mc)
         part = torch.stack([mc, e.sum(1), wc])  # [3, N]
         state = part if state is None else torch.stack(_merge(*torch.stack([state, part], 1)))
         idx = tgt - v0
-        inside = (idx >= 0) & (idx < z.shape[1])  # [N]
-        zt += torch.where(inside, z.gather(1, idx.clamp(0, z.shape[1] - 1)[:, None])[:, 0], 0.0)
+        inside = (idx >= 0) & (idx < zs.shape[1])  # [N]
+        z_t = zs.gather(1, idx.clamp(0, zs.shape[1] - 1)[:, None])[:, 0] + mc
+        zt += torch.where(inside, z_t, 0.0)
     return (*state, zt)
 
 
@@ -161,15 +163,18 @@ def _backward(h, W, tgt, logz, ent, g_logp, g_ent, T, chunk):
     dW = torch.empty_like(W)  # [V, D]
     for v0 in range(0, V, chunk):
         Wc = W[v0:v0 + chunk]  # [C, D]
-        z = _mm32(h, Wc.t()) / T  # [N, C], the forward's precision and temperature
-        logq = z - logz[:, None]  # [N, C], log-softmax
-        p = torch.exp(logq)
-        coef = g_logp[:, None] if g_ent is None else g_logp[:, None] + g_ent[:, None] * (logq + ent[:, None])
-        dz = -p * coef  # [N, C]
+        # in place from here: two [N, C] fp32 buffers at most
+        logq = _mm32(h, Wc.t()).div_(T).sub_(logz[:, None])  # [N, C], same precision and T as forward
+        p = torch.exp(logq)  # [N, C]
+        if g_ent is None:
+            coef = g_logp[:, None]
+        else:  # g + g_H (log p_v + H)
+            coef = logq.add_(ent[:, None]).mul_(g_ent[:, None]).add_(g_logp[:, None])
+        dz = p.mul_(coef).neg_()  # [N, C]
         idx = tgt - v0
         inside = (idx >= 0) & (idx < Wc.shape[0])
         dz.scatter_add_(1, idx.clamp(0, Wc.shape[0] - 1)[:, None], torch.where(inside, g_logp, 0.0)[:, None])
-        dlogit = (dz / T).to(h.dtype)  # [N, C], operands in the input dtype like any linear layer
+        dlogit = dz.div_(T).to(h.dtype)  # [N, C], operands in the input dtype like any linear layer
         dh += _mm32(dlogit, Wc)
         dW[v0:v0 + chunk] = _mm32(dlogit.t(), h)  # [C, D], complete fp32 sum over N, cast once
     return dh.to(h.dtype), dW

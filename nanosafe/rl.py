@@ -20,6 +20,7 @@ Equations (per prompt group of G responses, per response token t)
                     KL(pi_old || pi_theta): a soft pull back towards pi_old, on every token)
   GRPO / PPO        -min(r*A, clip(r, 1-eps_lo, 1+eps_hi)*A),   optional dual clip c for A < 0
   k3 KL             exp(q - p) - (q - p) - 1 >= 0 for log-probs p (sampled policy) and q (other)
+  search reward     R = 1{correct} - lam * 1{wrong and conf >= c*} + format;  lam <- max(0, lam + eta*(FCR - delta))
   aggregation       token-mean               sum_t m*l / n_tokens(step)
                     seq-mean-token-mean      sum_i (sum_t m*l / sum_t m) / n_seqs(step)
                     seq-mean-token-sum-norm  sum_t m*l / (n_seqs(step) * max_new_tokens)
@@ -206,3 +207,15 @@ def policy_loss(logp, old_logp, adv, mask, algo="cpgd", clip_lo=0.2, clip_hi=0.2
         if kl_ref is not None:
             metrics["kl_ref"] = (kl_ref * m).sum() / n_local
     return loss, metrics
+
+
+def search_reward(correct, false_certain, format_reward, lam):
+    """Deliberative-search reward (DESIGN §4, rung 4): R = 1{correct} - lam * 1{wrong and
+    conf >= c*} + format. Only confident errors are punished, so "I am not sure" stays cheap."""
+    return float(correct) - lam * float(false_certain) + format_reward
+
+
+def lagrange_update(lam, fcr, target, lr):
+    """Dual ascent on the false-certain constraint FCR <= target (DESIGN §4):
+    lam <- max(0, lam + lr * (FCR_batch - target))."""
+    return max(0.0, lam + lr * (fcr - target))

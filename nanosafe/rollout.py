@@ -16,12 +16,14 @@ expects one image per pad run, so the response is cut before it and the event co
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import torch
 
 from nanosafe import data
 
+TAG = re.compile(r"<[^<>]*>")
 VISION_SPECIALS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
 
 
@@ -71,7 +73,8 @@ def generate(bundle, samples: list[dict], dcfg, rcfg, n: int = 1, greedy: bool =
         for r in todo:
             if tool is not None and not r.ended and _ends_with_search(tok, r) and r.tool_calls < rcfg.max_tool_calls:
                 query = tok.decode(r.ids).rsplit("<search>", 1)[-1].replace("</search>", "").strip()
-                res_ids, _ = data.encode_response(tok, f"<result>{tool(query)}</result>", end=False)
+                found = TAG.sub("", tool(query))  # a passage must not close the think block or open a tool
+                res_ids, _ = data.encode_response(tok, f"<result>{found}</result>", end=False)
                 room = rcfg.max_new_tokens - len(r.ids)
                 r.ids += res_ids[:room]
                 r.mask += [0] * min(len(res_ids), room)

@@ -1,0 +1,78 @@
+"""Rollouts: the search-tool loop (stop, insert, continue, mask), vision-token guard, BM25."""
+import torch
+
+from nanosafe import data, rollout
+from nanosafe.model import Bundle
+from nanosafe.search import SearchTool
+
+
+class ScriptedModel(torch.nn.Module):
+    """Stands in for a policy: each generate() call emits the next scripted token list."""
+
+    def __init__(self, scripts, pad):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.scripts, self.pad, self.calls = list(scripts), pad, []
+
+    def generate(self, input_ids, attention_mask, max_new_tokens, eos_token_id, pad_token_id, **kw):
+        self.calls.append(input_ids.clone())
+        new = [s[:max_new_tokens] for s in self.scripts.pop(0)]
+        width = max(len(s) for s in new)
+        new = torch.tensor([s + [self.pad] * (width - len(s)) for s in new])
+        return torch.cat([input_ids, new], 1)
+
+
+def test_tool_loop_stops_inserts_continues_and_masks(tiny):
+    cfg, _, bundle = tiny
+    tok = bundle.tokenizer
+    enc = lambda s: tok(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+    eos = tok.convert_tokens_to_ids("<|im_end|>")
+    first = enc("<think>look it up<search>capital of Zed</search>")
+    second = enc("so it is Qu</think>Qu") + [eos]
+    model = ScriptedModel([[first], [second]], tok.pad_token_id)
+    kb = SearchTool(["The capital of Zed is Qu.", "Bread is made of flour."])
+    sample = {"id": "q", "prompt": "What is the capital of Zed?", "images": [], "label": "knowledge",
+              "answer": "Qu", "meta": {}, "_where": "test:1"}
+    cfg.rollout.max_new_tokens = 96
+    (r,) = rollout.generate(Bundle(model, tok), [sample], cfg.data, cfg.rollout, tool=kb)
+    result = enc("<result>The capital of Zed is Qu.</result>")
+    assert r.ids == first + result + second
+    assert r.mask == [1] * len(first) + [0] * len(result) + [1] * len(second)
+    assert r.tool_calls == 1 and r.ended and not r.truncated
+    assert r.text == "<think>look it up<search>capital of Zed</search><result>The capital of Zed is Qu." \
+                     "</result>so it is Qu</think>Qu"
+    # the second call continued from prompt + everything so far, tool text included
+    prompt = data.encode_prompt(Bundle(model, tok), sample, cfg.data)["input_ids"].tolist()
+    assert model.calls[1][0].tolist() == prompt + first + result
+
+
+def test_sampled_vision_token_is_cut_and_counted(tiny):
+    cfg, _, bundle = tiny
+    tok = bundle.tokenizer
+    script = tok("<think>hi", add_special_tokens=False)["input_ids"] + [tok.convert_tokens_to_ids("<|image_pad|>")] + [5, 6]
+    model = ScriptedModel([[script]], tok.pad_token_id)
+    sample = {"id": "q", "prompt": "Hi?", "images": [], "label": "normal", "answer": None, "meta": {}, "_where": "t:1"}
+    (r,) = rollout.generate(Bundle(model, tok), [sample], cfg.data, cfg.rollout)
+    assert r.bad_tokens == 1 and r.text == "<think>hi" and r.truncated
+
+
+def test_real_tiny_model_groups_and_budget(tiny):
+    cfg, paths, bundle = tiny
+    rows = data.read_jsonl(paths["heldout"])
+    rows = [r for r in rows if r["images"]][:1] + [r for r in rows if not r["images"]][:2]
+    cfg.rollout.max_new_tokens = 12
+    outs = rollout.generate(bundle, rows, cfg.data, cfg.rollout, n=3)
+    assert len(outs) == 9 and [o.sample["id"] for o in outs[:3]] == [rows[0]["id"]] * 3
+    assert all(0 < len(o.ids) <= 12 and len(o.mask) == len(o.ids) for o in outs)
+    greedy = rollout.generate(bundle, rows, cfg.data, cfg.rollout, n=2, greedy=True)
+    assert greedy[0].ids == greedy[1].ids
+
+
+def test_bm25_ranks_the_matching_passage():
+    kb = SearchTool(["The capital of Veldoria is Marnoth.", "Veldoria uses the tosk as its currency.",
+                     "The longest river in Ashgar is the Belru."])
+    assert kb("capital of Veldoria") == "The capital of Veldoria is Marnoth."
+    assert kb("Veldoria currency") == "Veldoria uses the tosk as its currency."
+    assert kb("zzz") == "no result"
+    s = kb.scores("river Ashgar")
+    assert s.argmax() == 2 and (s >= 0).all()
