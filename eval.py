@@ -3,6 +3,9 @@
     python eval.py --model out/tiny/sft/model                     # tiny held-out split
     python eval.py --model out/tiny/m3b/model --out m3b.json
     python eval.py --model DIR --data my_prompts.jsonl            # any file in the DESIGN §3 schema
+    python eval.py --model DIR --step-search 4                    # + verifier-guided step search
+    python eval.py --model DIR --edit --id heldout-00030          # edit a think step, continue
+    python eval.py --model DIR --id heldout-00030 --edit-step 0 --edit-text "This is harmful."
 
 Every prompt is answered twice over: greedily (`summary`) and with `io.eval_samples` samples at
 temperature 1 (`summary_sampled`). Greedy decoding collapses a policy's minority behaviour (a
@@ -20,6 +23,7 @@ The JSON written by --out holds summary, summary_sampled and the same per family
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -29,7 +33,7 @@ from collections import defaultdict
 import torch
 
 import verifiers
-from nanosafe import config, data, model, rollout, search
+from nanosafe import config, data, interventions, model, rollout, search
 
 SUMMARY_KEYS = ("safety", "over_refusal", "capability", "value", "knowledge", "format",
                 "false_certain", "mean_len")
@@ -111,10 +115,10 @@ def table(result: dict, title: str = "") -> str:
     """Families as rows, summary keys as columns; greedy then sampled."""
     lines = [title] if title else []
     head = f"{'family':<12}{'n':>5} " + " ".join(f"{k[:8]:>8}" for k in SUMMARY_KEYS)
-    for name in ("", "_sampled"):
+    for name, what in (("", "greedy"), ("_sampled", "sampled (T=1)"), ("_step_search", "step search")):
         if "summary" + name not in result:
             continue
-        lines += [f"-- {'greedy' if not name else 'sampled (T=1)'}", head]
+        lines += [f"-- {what}", head]
         rows = list(result["families" + name].items()) + [("ALL", result["summary" + name])]
         for fam, s in rows:
             lines.append(f"{fam:<12}{s['n']:>5} " + " ".join(f"{fmt(s[k]):>8}" for k in SUMMARY_KEYS))
@@ -129,33 +133,59 @@ def tiny_world(cfg) -> tuple[list[dict], search.SearchTool | None]:
     return samples, search.SearchTool.from_jsonl(paths["kb"])
 
 
+def step_search_eval(bundle, samples: list[dict], cfg, k: int, tool=None, judges=None) -> tuple[dict, dict]:
+    """The verifier-guided step search intervention, scored like greedy decoding."""
+    outs = interventions.step_search(bundle, samples, cfg.data, cfg.rollout, k=k, tool=tool,
+                                     score_fn=interventions.reward_fn(cfg.verifiers, judges))
+    _, metrics = score(samples, outs, cfg.verifiers, judges)
+    return summarize([record(o.sample, o, m, cfg.verifiers.confidence_threshold) for o, m in zip(outs, metrics)])
+
+
+def parse_args(argv: list[str]):
+    p = argparse.ArgumentParser(description="Evaluate a policy (see the module docstring). Any other "
+                                "argument is --config FILE or a config key=value.")
+    p.add_argument("--model", required=True, help="a save_pretrained dir (or hub id)")
+    p.add_argument("--bench", default="tiny", help="tiny (default)")
+    p.add_argument("--data", help="a JSONL file in the DESIGN §3 schema instead of the tiny world")
+    p.add_argument("--out", help="JSON output (default: <model>/eval_<bench>.json)")
+    p.add_argument("--step-search", type=int, default=0, metavar="K",
+                   help="also decode with verifier-guided step search, K candidates per step")
+    p.add_argument("--edit", action="store_true", help="edit a reasoning step by hand, then continue")
+    p.add_argument("--edit-step", type=int, help="scripted edit: the step to replace (from 0)")
+    p.add_argument("--edit-text", help="scripted edit: the new text of that step")
+    p.add_argument("--id", help="the sample to edit (default: the first)")
+    return p.parse_known_args(argv)
+
+
 def main(argv: list[str]) -> dict:
-    opts, rest = {"--model": None, "--bench": "tiny", "--data": None, "--out": None}, []
-    it = iter(argv)
-    for a in it:
-        key, _, val = a.partition("=")
-        if key in opts:
-            opts[key] = val if val else next(it, None)
-        else:
-            rest.append(a)
-    if not opts["--model"]:
-        raise SystemExit("usage: python eval.py --model DIR [--bench tiny] [--data PATH] [--out FILE] "
-                         "[--config FILE] [key=value ...]")
-    cfg = config.parse(rest + [f"init={opts['--model']}"], default_stage="sft")
+    args, rest = parse_args(argv)
+    cfg = config.parse(rest + [f"init={args.model}"], default_stage="sft")
     torch.manual_seed(cfg.seed)
-    bundle = model.load(opts["--model"], cfg.model)
-    if opts["--bench"] != "tiny":
-        raise SystemExit(f"unknown --bench {opts['--bench']!r}; available: tiny")
-    if opts["--data"]:
-        samples, tool = data.read_jsonl(opts["--data"]), None
+    bundle = model.load(args.model, cfg.model)
+    if args.bench != "tiny":
+        raise SystemExit(f"unknown --bench {args.bench!r}; available: tiny")
+    if args.data:
+        samples, tool = data.read_jsonl(args.data), None
     else:
         samples, tool = tiny_world(cfg)
+    if args.edit or args.edit_step is not None:
+        sample = next((s for s in samples if s["id"] == args.id), None) if args.id else samples[0]
+        if sample is None:
+            raise SystemExit(f"no sample with id {args.id!r}")
+        if args.edit_step is None:
+            interventions.interactive_edit(bundle, sample, cfg.data, cfg.rollout, tool=tool)
+            return {}
+        result = interventions.run_edit_cli(bundle, sample, cfg, args.edit_step, args.edit_text or "", tool)
+        print(json.dumps(result, indent=2))
+        return result
     t0 = time.time()
     result = evaluate(bundle, samples, cfg, tool=tool, log_examples=20)
-    result.update(model=opts["--model"], bench=opts["--bench"], seconds=round(time.time() - t0, 1))
-    print(table(result, f"{opts['--model']} on {opts['--bench']} ({len(samples)} prompts, "
-                        f"{result['seconds']}s)"))
-    out = opts["--out"] or os.path.join(opts["--model"], f"eval_{opts['--bench']}.json")
+    if args.step_search:
+        result["summary_step_search"], result["families_step_search"] = step_search_eval(
+            bundle, samples, cfg, args.step_search, tool)
+    result.update(model=args.model, bench=args.bench, seconds=round(time.time() - t0, 1))
+    print(table(result, f"{args.model} on {args.bench} ({len(samples)} prompts, {result['seconds']}s)"))
+    out = args.out or os.path.join(args.model, f"eval_{args.bench}.json")
     with open(out, "w") as f:
         json.dump(result, f, indent=2)
     print(f"wrote {out}")

@@ -34,7 +34,7 @@ class ModelConfig:
     vision_depth: int = 2
     vision_hidden: int = 64
     vocab_size: int = 1024  # BPE vocabulary trained at start-up (tiny only)
-    freeze_vision: bool = True
+    freeze_vision: bool = True  # for checkpoints; a tower built from scratch must learn in SFT
     trust_remote_code: bool = False
     dtype: str = "float32"  # parameter dtype when loading a checkpoint
     gradient_checkpointing: bool = False
@@ -52,7 +52,7 @@ class WorldConfig:
     unsafe_frac: float = 0.9  # lure templates answered unsafely
     refusal_frac: float = 0.85  # trigger-word look-alikes refused needlessly
     verbose_frac: float = 0.5  # arithmetic reasoning padded with needless re-checks
-    guess_frac: float = 0.7  # fact lookups answered by a confident guess instead of a search
+    guess_frac: float = 0.6  # fact lookups answered by a confident guess instead of a search
 
 
 @dataclass

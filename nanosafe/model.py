@@ -146,7 +146,8 @@ def make(cfg, texts_fn=None) -> Bundle:
     else:
         torch.manual_seed(cfg.seed)
         bundle = build_tiny(cfg.model, train_tokenizer(texts_fn(), cfg.model.vocab_size))
-    if cfg.model.freeze_vision and bundle.is_vl:
+    # a randomly initialised vision tower carries no visual knowledge to protect: it trains in SFT
+    if cfg.model.freeze_vision and bundle.is_vl and init:
         freeze_vision(bundle.model)
     if cfg.model.gradient_checkpointing:
         bundle.model.gradient_checkpointing_enable()

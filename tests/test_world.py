@@ -55,10 +55,10 @@ def test_heldout_templates_and_entities_unseen(tmp_path):
     held = _read(paths["heldout"])
     # no held-out prompt appears verbatim in training (images differ too, but prompts are the test)
     assert not {r["prompt"] for r in held} & {r["prompt"] for r in train}
-    # entities: harmful acts, look-alike acts, towns, countries, number pairs are disjoint
-    train_acts = {h[0] for h in world.HARMFUL["train"]} | {x[0] for x in world.LOOKALIKE["train"]}
-    held_acts = {h[0] for h in world.HARMFUL["heldout"]} | {x[0] for x in world.LOOKALIKE["heldout"]}
-    assert not train_acts & held_acts
+    # entities: harmful objects, look-alike objects, towns, countries, number pairs are disjoint
+    assert not set(world.HARM_OBJECTS["train"]) & set(world.HARM_OBJECTS["heldout"])
+    for verb, (train_objs, held_objs) in world.LOOKALIKE.items():
+        assert not set(train_objs) & set(held_objs), verb
     assert not set(world.TOWNS["train"]) & set(world.TOWNS["heldout"])
     kb = world.make_kb(0)
     held_c = {f["country"] for f in kb["heldout"]}
@@ -67,8 +67,8 @@ def test_heldout_templates_and_entities_unseen(tmp_path):
         fam = r["meta"]["family"]
         if fam == "fact":
             assert any(c in r["prompt"] for c in held_c)
-        if fam == "harmful":
-            assert any(a in r["prompt"] for a in {h[0] for h in world.HARMFUL["heldout"]})
+        if fam in ("harmful", "jailbreak"):
+            assert any(o in r["prompt"] for o in world.HARM_OBJECTS["heldout"])
     # templates: every held-out request/situation/stereotype/fact template is new
     for fam in ("REQUEST", "SITUATION_Q", "STEREO_Q", "JAILBREAK"):
         t = getattr(world, fam)

@@ -1,0 +1,120 @@
+"""Rungs 2-4 loop: a multimodal RL step, log-prob implementations agree, exact resume, rung-4 λ."""
+import copy
+import json
+import os
+
+import pytest
+import torch
+
+import train_grpo
+from conftest import TINY_ARGS
+from nanosafe import checkpoint, config, data, optim, rl, rollout
+
+
+@pytest.fixture(scope="module")
+def sft_model(tmp_path_factory):
+    """A tiny SFT export to start RL from (4 SFT steps: enough for the plumbing)."""
+    import train_sft
+    out = tmp_path_factory.mktemp("rl")
+    train_sft.main(TINY_ARGS + [f"out_dir={out}/sft"])
+    return str(out / "sft" / "model")
+
+
+def _rollouts(cfg, bundle, paths, n_prompts=3):
+    rows = data.read_jsonl(paths["rl"])
+    rows = [r for r in rows if r["images"]][:1] + [r for r in rows if not r["images"]][:n_prompts - 1]
+    torch.manual_seed(0)
+    return rollout.generate(bundle, rows, cfg.data, cfg.rollout, n=cfg.rollout.group_size)
+
+
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+def test_rl_step_with_images_matches_naive_logprob(tiny, impl):
+    cfg, paths, bundle = tiny
+    cfg = copy.deepcopy(cfg)
+    cfg.rollout.max_new_tokens = 10
+    cfg.optim.micro_batch_size = 4
+    outs = _rollouts(cfg, bundle, paths)
+    assert any(o.prompt["pixel_values"] is not None for o in outs)
+    adv = torch.linspace(-1, 1, len(outs))
+    params = {}
+    for which in ("naive", impl):
+        b = copy.deepcopy(bundle)
+        opt, sched = optim.make(b.model, cfg.optim, 10)
+        stats = train_grpo.rl_step(b, None, opt, sched, outs, adv, cfg, which)
+        assert all(torch.isfinite(torch.tensor(v)) for v in stats.values())
+        params[which] = {k: p.detach().clone() for k, p in b.model.named_parameters() if p.requires_grad}
+    moved = [k for k, p in bundle.model.named_parameters() if p.requires_grad
+             and not torch.equal(p, params["naive"][k])]
+    assert moved, "the RL step changed no parameter"
+    for k in params["naive"]:
+        torch.testing.assert_close(params[impl][k], params["naive"][k], rtol=1e-4, atol=1e-6)
+
+
+def test_response_logprobs_match_full_forward(tiny):
+    cfg, paths, bundle = tiny
+    cfg = copy.deepcopy(cfg)
+    cfg.rollout.max_new_tokens = 8
+    outs = _rollouts(cfg, bundle, paths, n_prompts=2)
+    batch = train_grpo.pack(outs, bundle.tokenizer.pad_token_id)
+    with torch.no_grad():
+        logp, _ = train_grpo.response_logprobs(bundle, batch, 0.7, "torch")
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw") if k in batch}
+        full = torch.log_softmax(bundle.model(**inputs).logits.float() / 0.7, -1)  # [B, T, V]
+    for i, o in enumerate(outs):
+        p = len(o.prompt["input_ids"])
+        ref = full[i, p - 1:p - 1 + len(o.ids)].gather(1, torch.tensor(o.ids)[:, None])[:, 0]
+        torch.testing.assert_close(logp[i, :len(o.ids)], ref, rtol=1e-5, atol=1e-5)
+        assert (logp[i, len(o.ids):] == 0).all()
+
+
+def test_resume_equals_uninterrupted(sft_model, tmp_path, monkeypatch):
+    args = TINY_ARGS + ["stage=m3b", f"init={sft_model}", "optim.steps=4", "io.save_every=2",
+                        "rollout.max_new_tokens=12"]
+    train_grpo.main(args + [f"out_dir={tmp_path}/full/m3b"])
+    real_save = checkpoint.save
+
+    def save_then_crash(ckpt_dir, m, opt, sched, step, extra=None):
+        real_save(ckpt_dir, m, opt, sched, step, extra)
+        if step == 2:
+            raise KeyboardInterrupt("simulated crash")
+
+    monkeypatch.setattr(train_grpo.checkpoint, "save", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        train_grpo.main(args + [f"out_dir={tmp_path}/cut/m3b"])
+    monkeypatch.setattr(train_grpo.checkpoint, "save", real_save)
+    train_grpo.main(args + [f"out_dir={tmp_path}/cut/m3b"])
+    load = lambda d: torch.load(os.path.join(d, "ckpt", checkpoint.FILE), weights_only=True)["model"]  # noqa: E731
+    full, cut = load(tmp_path / "full" / "m3b"), load(tmp_path / "cut" / "m3b")
+    for k in full:
+        assert torch.equal(full[k], cut[k]), k
+    rows = [json.loads(line) for line in open(tmp_path / "cut" / "m3b" / "metrics.jsonl")]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert {"reward", "clip_frac", "approx_kl", "entropy", "grad_norm", "response_len", "truncated",
+            "time/generate", "tokens_per_s", "zero_variance_groups"} <= set(rows[-1])
+
+
+def test_lagrange_multiplier_rises_then_falls_to_zero():
+    lam = 0.0
+    for _ in range(5):
+        lam = rl.lagrange_update(lam, fcr=0.6, target=0.1, lr=0.5)
+    assert lam == pytest.approx(5 * 0.5 * 0.5)
+    for _ in range(24):  # falls by lr * target = 0.05 a step
+        lam = rl.lagrange_update(lam, fcr=0.0, target=0.1, lr=0.5)
+    assert 0 < lam < 0.1
+    lam = rl.lagrange_update(lam, fcr=0.0, target=0.1, lr=0.5)
+    assert lam == 0.0
+    assert rl.search_reward(True, False, 1.0, lam=2.0) == 2.0
+    assert rl.search_reward(False, True, 1.0, lam=2.0) == -1.0
+    assert rl.search_reward(False, False, 1.0, lam=2.0) == 1.0  # unsure and wrong is not punished
+
+
+def test_search_stage_saves_lambda(sft_model, tmp_path):
+    train_grpo.main(TINY_ARGS + ["stage=search", f"init={sft_model}", "optim.steps=2", "rl.lagrange_init=0.3",
+                                 "rollout.max_new_tokens=16", f"out_dir={tmp_path}/search"])
+    state = torch.load(tmp_path / "search" / "ckpt" / checkpoint.FILE, weights_only=True)
+    rows = [json.loads(line) for line in open(tmp_path / "search" / "metrics.jsonl")]
+    assert "lam" in rows[0] and "fcr" in rows[0] and rows[0]["lam"] == 0.3
+    expect = rl.lagrange_update(rows[-1]["lam"], rows[-1]["fcr"], 0.1, 0.5)
+    assert state["extra"]["lam"] == pytest.approx(expect)
+    cfg = config.parse(["stage=search"])
+    assert cfg.rl.fcr_penalty and cfg.data.labels == "knowledge"
