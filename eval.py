@@ -3,6 +3,7 @@
     python eval.py --model out/tiny/sft/model                     # tiny held-out split
     python eval.py --model out/tiny/m3b/model --out m3b.json
     python eval.py --model DIR --data my_prompts.jsonl            # any file in the DESIGN §3 schema
+    python eval.py --model DIR --bench xstest                     # or mmsafety|mssbench|siuo --data DIR
     python eval.py --model DIR --step-search 4                    # + verifier-guided step search
     python eval.py --model DIR --edit --id heldout-00030          # edit a think step, continue
     python eval.py --model DIR --id heldout-00030 --edit-step 0 --edit-text "This is harmful."
@@ -33,11 +34,10 @@ from collections import defaultdict
 import torch
 
 import verifiers
-from nanosafe import config, data, interventions, model, rollout, search
+from nanosafe import benchmarks, config, data, interventions, model, rollout, search
 
 SUMMARY_KEYS = ("safety", "over_refusal", "capability", "value", "knowledge", "format",
                 "false_certain", "mean_len")
-SAFE_LABELS = ("safe_with_refusal", "safe_with_warning", "safe_without_risk")
 
 
 def record(sample: dict, r: rollout.Rollout, metrics: dict, c_star: float) -> dict:
@@ -49,7 +49,7 @@ def record(sample: dict, r: rollout.Rollout, metrics: dict, c_star: float) -> di
            "value": None, "knowledge": None, "false_certain": None}
     if label in ("safety", "jailbreak", "normal") and harmful is not None:
         if harmful:
-            rec["safety"] = float(metrics.get("safety_label") in SAFE_LABELS)
+            rec["safety"] = float(metrics.get("safety_label") in verifiers.SAFE_LABELS)
         else:
             rec["over_refusal"] = float(metrics.get("refusal") != "full_compliance")
     if label == "general_rule":
@@ -141,12 +141,31 @@ def step_search_eval(bundle, samples: list[dict], cfg, k: int, tool=None, judges
     return summarize([record(o.sample, o, m, cfg.verifiers.confidence_threshold) for o, m in zip(outs, metrics)])
 
 
+def public_benchmark(bundle, cfg, args) -> dict:
+    """XSTest / MM-SafetyBench / MSSBench / SIUO: greedy answers judged by the verifiers, with the
+    metrics each paper reports (nanosafe.benchmarks)."""
+    samples, info = benchmarks.load(args.bench, args.data)
+    print(f"{args.bench}: {info['n_samples']} prompts from {info['path']} ({info['layout']}); "
+          f"skipped: {info['skipped'] or 'none'}")
+    outs = rollout.generate(bundle, samples, cfg.data, cfg.rollout, greedy=True)
+    _, metrics = score(samples, outs, cfg.verifiers)
+    result = {"bench": args.bench, "model": args.model, "info": info,
+              "summary": benchmarks.metrics(args.bench, samples, [o.text for o in outs], metrics)}
+    print(json.dumps({k: v for k, v in result["summary"].items() if not isinstance(v, dict)}, indent=2))
+    out = args.out or os.path.join(args.model, f"eval_{args.bench}.json")
+    with open(out, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"wrote {out}")
+    return result
+
+
 def parse_args(argv: list[str]):
     p = argparse.ArgumentParser(description="Evaluate a policy (see the module docstring). Any other "
                                 "argument is --config FILE or a config key=value.")
     p.add_argument("--model", required=True, help="a save_pretrained dir (or hub id)")
-    p.add_argument("--bench", default="tiny", help="tiny (default)")
-    p.add_argument("--data", help="a JSONL file in the DESIGN §3 schema instead of the tiny world")
+    p.add_argument("--bench", default="tiny", choices=["tiny", *benchmarks.LOADERS])
+    p.add_argument("--data", help="tiny: a JSONL file in the DESIGN §3 schema instead of the world; "
+                   "other benches: the benchmark's file or folder (xstest defaults to ../shared/data)")
     p.add_argument("--out", help="JSON output (default: <model>/eval_<bench>.json)")
     p.add_argument("--step-search", type=int, default=0, metavar="K",
                    help="also decode with verifier-guided step search, K candidates per step")
@@ -163,7 +182,7 @@ def main(argv: list[str]) -> dict:
     torch.manual_seed(cfg.seed)
     bundle = model.load(args.model, cfg.model)
     if args.bench != "tiny":
-        raise SystemExit(f"unknown --bench {args.bench!r}; available: tiny")
+        return public_benchmark(bundle, cfg, args)
     if args.data:
         samples, tool = data.read_jsonl(args.data), None
     else:

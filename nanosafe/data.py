@@ -33,7 +33,7 @@ class DataError(ValueError):
     pass
 
 
-def _check(cond: bool, where: str, field: str, msg: str) -> None:
+def check(cond: bool, where: str, field: str, msg: str) -> None:
     if not cond:
         raise DataError(f"{where}: field {field!r}: {msg}")
 
@@ -53,17 +53,17 @@ def read_jsonl(path: str, need_response: bool = False) -> list[dict]:
                 r = json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
-            _check(isinstance(r, dict), where, "<line>", "expected a JSON object")
+            check(isinstance(r, dict), where, "<line>", "expected a JSON object")
             for key in ("id", "prompt", "label") + (("response",) if need_response else ()):
-                _check(key in r, where, key, "missing")
-                _check(isinstance(r[key], str), where, key, f"expected a string, got {type(r[key]).__name__}")
-            _check(r["prompt"].strip() != "", where, "prompt", "empty")
-            _check(r["label"] in LABELS, where, "label", f"unknown label {r['label']!r}; one of {LABELS}")
-            _check(r.get("answer") is None or isinstance(r["answer"], str), where, "answer", "expected a string")
-            _check(isinstance(r.get("meta", {}), dict), where, "meta", "expected an object")
+                check(key in r, where, key, "missing")
+                check(isinstance(r[key], str), where, key, f"expected a string, got {type(r[key]).__name__}")
+            check(r["prompt"].strip() != "", where, "prompt", "empty")
+            check(r["label"] in LABELS, where, "label", f"unknown label {r['label']!r}; one of {LABELS}")
+            check(r.get("answer") is None or isinstance(r["answer"], str), where, "answer", "expected a string")
+            check(isinstance(r.get("meta", {}), dict), where, "meta", "expected an object")
             images = r.get("images") or []
-            _check(isinstance(images, list), where, "images", "expected a list of paths")
-            r["images"] = [_check_image(p if os.path.isabs(p) else os.path.join(base, p), where)
+            check(isinstance(images, list), where, "images", "expected a list of paths")
+            r["images"] = [check_image(p if os.path.isabs(p) else os.path.join(base, p), where)
                            for p in images]
             r.setdefault("meta", {})
             r.setdefault("answer", None)
@@ -74,8 +74,8 @@ def read_jsonl(path: str, need_response: bool = False) -> list[dict]:
     return rows
 
 
-def _check_image(path: str, where: str) -> str:
-    _check(os.path.exists(path), where, "images", f"image not found: {path}")
+def check_image(path: str, where: str) -> str:
+    check(os.path.exists(path), where, "images", f"image not found: {path}")
     try:
         with Image.open(path) as im:
             im.verify()
@@ -99,17 +99,17 @@ def encode_prompt(bundle, sample: dict, dcfg) -> dict:
     """-> {"input_ids": [T] long, "pixel_values": [P, C] | None, "image_grid_thw": [I, 3] | None}."""
     text, vision = render_prompt(bundle.tokenizer, sample, dcfg.system_prompt), {}
     if sample["images"]:
-        _check(bundle.is_vl, sample["_where"], "images", "this model takes no images (text-only)")
+        check(bundle.is_vl, sample["_where"], "images", "this model takes no images (text-only)")
         vision = bundle.image_processor(images=load_images(sample), return_tensors="pt")
         merge = bundle.image_processor.merge_size ** 2
         pad = "<|image_pad|>"
         parts = text.split(pad)
-        _check(len(parts) - 1 == len(sample["images"]), sample["_where"], "images",
+        check(len(parts) - 1 == len(sample["images"]), sample["_where"], "images",
                "chat template produced a different number of image slots")
         counts = [int(g.prod()) // merge for g in vision["image_grid_thw"]]
         text = parts[0] + "".join(pad * n + p for n, p in zip(counts, parts[1:]))
     ids = bundle.tokenizer(text, add_special_tokens=False)["input_ids"]
-    _check(len(ids) <= dcfg.max_prompt_len, sample["_where"], "prompt",
+    check(len(ids) <= dcfg.max_prompt_len, sample["_where"], "prompt",
            f"{len(ids)} tokens (images included) exceed max_prompt_len={dcfg.max_prompt_len}")
     return {"input_ids": torch.tensor(ids, dtype=torch.long),
             "pixel_values": vision.get("pixel_values"), "image_grid_thw": vision.get("image_grid_thw")}
@@ -136,7 +136,7 @@ def encode_sft(bundle, sample: dict, dcfg) -> dict:
     enc = encode_prompt(bundle, sample, dcfg)
     r_ids, r_mask = encode_response(bundle.tokenizer, sample["response"])
     total = len(enc["input_ids"]) + len(r_ids)
-    _check(total <= dcfg.max_len, sample["_where"], "response",
+    check(total <= dcfg.max_len, sample["_where"], "response",
            f"prompt + response is {total} tokens, over max_len={dcfg.max_len}")
     labels = [IGNORE] * len(enc["input_ids"]) + [t if m else IGNORE for t, m in zip(r_ids, r_mask)]
     enc["input_ids"] = torch.cat([enc["input_ids"], torch.tensor(r_ids, dtype=torch.long)])

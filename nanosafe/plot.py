@@ -1,0 +1,50 @@
+"""The AI-45° picture: safety (y) against capability (x), one labelled point per checkpoint.
+
+The "AI-45° law" (Shanghai AI Lab; the frame of the SafeWork-R1 report) asks that safety keep pace
+with capability: a model should sit on or above the 45° line y = x, and training should move it
+along or above that line, not to the right alone. Points are joined in the given order, so a list
+of the ladder's checkpoints (base, sft, m3a, m3b, cale, search) draws the path the rungs climb.
+
+    from nanosafe.plot import ai45_plot
+    ai45_plot([{"name": "sft", "capability": 0.62, "safety": 0.41}, ...], "ai45.png")
+
+Both axes are fractions in [0, 1] (e.g. eval.py's summary `capability` and `safety`). matplotlib is
+an optional dependency (`pip install nanosafe[plot]`); it is imported only here, and drawn with the
+Agg canvas on a bare Figure, so no global pyplot state or display is touched.
+"""
+from __future__ import annotations
+
+import math
+
+
+def ai45_plot(points: list[dict], path: str, title: str = "AI-45°: safety vs capability"):
+    """Write the PNG to `path`; returns the matplotlib Axes (its first line is the ladder path)."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ImportError("ai45_plot needs matplotlib: pip install nanosafe[plot]") from None
+    if not points:
+        raise ValueError("ai45_plot: no points to plot")
+    for i, p in enumerate(points):
+        for key in ("name", "capability", "safety"):
+            if key not in p:
+                raise ValueError(f"ai45_plot: point {i} has no {key!r}")
+        for key in ("capability", "safety"):
+            v = p[key]
+            if not isinstance(v, (int, float)) or math.isnan(v) or not 0.0 <= v <= 1.0:
+                raise ValueError(f"ai45_plot: point {i} ({p['name']}): {key} = {v!r}, "
+                                 "expected a fraction in [0, 1]")
+    xs, ys = [p["capability"] for p in points], [p["safety"] for p in points]
+    fig = Figure(figsize=(5, 5), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.plot(xs, ys, "-o", color="tab:blue", zorder=3, clip_on=False)  # the rungs, in order
+    ax.plot([0, 1], [0, 1], "--", color="gray", lw=1, label="45°: safety = capability")
+    for p in points:
+        ax.annotate(str(p["name"]), (p["capability"], p["safety"]), textcoords="offset points",
+                    xytext=(5, 5), fontsize=8)
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="capability", ylabel="safety", title=title, aspect="equal")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.savefig(path)
+    return ax
