@@ -3,6 +3,7 @@
     python eval.py --model out/tiny/sft/model                     # tiny held-out split
     python eval.py --model out/tiny/m3b/model --out m3b.json
     python eval.py --model DIR --data my_prompts.jsonl            # any file in the DESIGN §3 schema
+    python eval.py --model out/tiny/{sft,m3a,m3b}/model --plot ai45.png   # table + AI-45 plot
     python eval.py --model DIR --bench xstest                     # or mmsafety|mssbench|siuo --data DIR
     python eval.py --model DIR --step-search 4                    # + verifier-guided step search
     python eval.py --model DIR --edit --id heldout-00030          # edit a think step, continue
@@ -162,7 +163,11 @@ def public_benchmark(bundle, cfg, args) -> dict:
 def parse_args(argv: list[str]):
     p = argparse.ArgumentParser(description="Evaluate a policy (see the module docstring). Any other "
                                 "argument is --config FILE or a config key=value.")
-    p.add_argument("--model", required=True, help="a save_pretrained dir (or hub id)")
+    p.add_argument("--model", required=True, nargs="+",
+                   help="a save_pretrained dir (or hub id); several: a comparison table + the AI-45 plot")
+    p.add_argument("--names", nargs="+", help="labels for several models (default: their run dirs)")
+    p.add_argument("--reuse", action="store_true", help="several models: reuse <model>/eval_tiny.json")
+    p.add_argument("--plot", default="ai45.png", help="several models: where the AI-45 PNG goes")
     p.add_argument("--bench", default="tiny", choices=["tiny", *benchmarks.LOADERS])
     p.add_argument("--data", help="tiny: a JSONL file in the DESIGN §3 schema instead of the world; "
                    "other benches: the benchmark's file or folder (xstest defaults to ../shared/data)")
@@ -176,8 +181,37 @@ def parse_args(argv: list[str]):
     return p.parse_known_args(argv)
 
 
+def compare(args, rest) -> dict:
+    """Several models (e.g. every rung): one summary row each, and the AI-45 picture."""
+    from nanosafe.plot import ai45_plot
+    names = args.names or [os.path.basename(os.path.dirname(os.path.normpath(m))) for m in args.model]
+    if len(names) != len(args.model):
+        raise SystemExit(f"--names gives {len(names)} labels for {len(args.model)} models")
+    rows = {}
+    for name, m in zip(names, args.model):
+        saved = os.path.join(m, "eval_tiny.json")
+        if args.reuse and os.path.exists(saved):
+            with open(saved) as f:
+                rows[name] = json.load(f)
+        else:
+            rows[name] = main(rest + ["--model", m])
+    lines = [f"{'model':<12} " + " ".join(f"{k[:8]:>8}" for k in SUMMARY_KEYS) + "   (greedy; sampled safety / over_ref)"]
+    for name, r in rows.items():
+        s, ss = r["summary"], r.get("summary_sampled", {})
+        lines.append(f"{name:<12} " + " ".join(f"{fmt(s[k]):>8}" for k in SUMMARY_KEYS) +
+                     f"   {fmt(ss.get('safety'))} / {fmt(ss.get('over_refusal'))}")
+    print("\n".join(lines))
+    ai45_plot([{"name": n, "capability": r["summary"]["capability"] or 0.0, "safety": r["summary"]["safety"] or 0.0}
+               for n, r in rows.items()], args.plot)
+    print(f"wrote {args.plot}")
+    return rows
+
+
 def main(argv: list[str]) -> dict:
     args, rest = parse_args(argv)
+    if len(args.model) > 1:
+        return compare(args, rest)
+    args.model = args.model[0]
     cfg = config.parse(rest + [f"init={args.model}"], default_stage="sft")
     torch.manual_seed(cfg.seed)
     bundle = model.load(args.model, cfg.model)

@@ -24,6 +24,7 @@ Departures from the textbook loop, on purpose:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 import sys
@@ -36,7 +37,7 @@ import eval as evaluation
 import verifiers
 from kernels.advantage import group_advantages_triton
 from kernels.logprob import fused_logprob
-from nanosafe import checkpoint, config, data, log, model, optim, rl, rollout, search, world
+from nanosafe import checkpoint, config, data, dist, log, model, optim, rl, rollout, search, world
 from train_sft import batch_order
 
 
@@ -45,7 +46,14 @@ def response_logprobs(bundle, batch: dict, temperature: float, impl: str, entrop
     response ids (IGNORE-padded); the sequence is prompt + response, right padded."""
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw")
               if k in batch}
-    hidden = bundle.model.model(**inputs).last_hidden_state  # [B, T, D]
+    # Through the top-level forward, where FSDP gathers the embeddings, vision tower and LM head
+    # (they stay gathered until backward ends); it computes one position's logits, and the hidden
+    # states are caught on their way out of the backbone.
+    caught = []
+    hook = bundle.model.model.register_forward_hook(lambda m, a, out: caught.append(out.last_hidden_state))
+    bundle.model(**inputs, logits_to_keep=1)
+    hook.remove()
+    hidden = caught[0]  # [B, T, D]
     weight = bundle.model.get_output_embeddings().weight  # [V, D]
     rows, cols = batch["pos_rows"], batch["pos_cols"]  # hidden state at t predicts token t + 1
     h = hidden[rows, cols]  # [N, D]
@@ -105,22 +113,26 @@ def rl_step(bundle, ref, opt, sched, outs, adv, cfg, impl: str) -> dict:
     """Old/ref log-probs, then epochs x mini-batches of accumulated micro-batch updates."""
     r, T = cfg.rl, cfg.rollout.temperature
     pad_id = bundle.tokenizer.pad_token_id
-    device = next(bundle.model.parameters()).device
+    device = dist.device_of(bundle.model)
     micro = cfg.optim.micro_batch_size
-    chunks = [list(range(i, min(i + micro, len(outs)))) for i in range(0, len(outs), micro)]
+    # mini-batches (one optimiser step each) split the responses and micro-batches split a
+    # mini-batch, so a step makes rl.mini_batches updates whatever the micro-batch size or the
+    # number of ranks (each rank holds its share of every mini-batch: dist.local_slice)
+    per_mini = math.ceil(len(outs) / r.mini_batches)
+    spans = [range(k, min(k + per_mini, len(outs))) for k in range(0, len(outs), per_mini)]
+    chunks = [list(s[i:i + micro]) for s in spans for i in range(0, len(s), micro)]
     batches = [to(pack([outs[j] for j in c], pad_id), device) for c in chunks]
     with torch.no_grad():
         for b, c in zip(batches, chunks):
             b["old_logp"] = response_logprobs(bundle, b, T, impl)[0]
             b["ref_logp"] = response_logprobs(ref, b, T, impl)[0] if ref is not None else None
             b["adv"] = adv[c].to(device)
-    stats = defaultdict(float)
-    per_mini = math.ceil(len(batches) / r.mini_batches)
+    stats, ratio_max = defaultdict(float), 0.0
+    minis = [[b for b, c in zip(batches, chunks) if c[0] in s] for s in spans]
     n_updates = 0
     for _ in range(r.epochs):
-        for k in range(0, len(batches), per_mini):
-            mini = batches[k:k + per_mini]
-            n_tokens, n_seqs = rl.step_counts([b["mask"] for b in mini])
+        for mini in minis:
+            n_tokens, n_seqs = dist.all_reduce_sum(list(rl.step_counts([b["mask"] for b in mini])))  # all ranks
             for b in mini:
                 logp, ent = response_logprobs(bundle, b, T, impl, entropy=True)
                 loss, m = rl.policy_loss(logp, b["old_logp"], b["adv"], b["mask"], algo=r.algo,
@@ -133,14 +145,19 @@ def rl_step(bundle, ref, opt, sched, outs, adv, cfg, impl: str) -> dict:
                 stats["loss"] += loss.item()
                 stats["entropy"] += w * float((ent * b["mask"]).sum() / b["mask"].sum().clamp(min=1))
                 for key, v in m.items():
-                    stats[key] += w * float(v)
-            stats["grad_norm"] += float(torch.nn.utils.clip_grad_norm_(bundle.model.parameters(),
-                                                                       cfg.optim.grad_clip))
+                    if key == "ratio_max":  # the step's largest ratio, whatever the micro-batch split
+                        ratio_max = max(ratio_max, float(v))
+                    else:
+                        stats[key] += w * float(v)
+            stats["grad_norm"] += dist.clip_grad_norm_(bundle.model, cfg.optim.grad_clip)
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
             n_updates += 1
-    return {k: v / n_updates for k, v in stats.items()}
+    # each rank holds its token-weighted share of every stat; the grad norm is already global
+    shares = [k for k in stats if k != "grad_norm"]
+    stats.update(zip(shares, dist.all_reduce_sum([stats[k] for k in shares])))
+    return {**{k: v / n_updates for k, v in stats.items()}, "ratio_max": dist.all_reduce_max(ratio_max)}
 
 
 def reward_metrics(outs, rewards, metrics) -> dict:
@@ -161,22 +178,23 @@ def main(argv: list[str]) -> None:
         raise SystemExit("train_grpo.py runs the RL stages (stage=m3a|m3b|cale|search); SFT is train_sft.py")
     if not (cfg.init or cfg.model.init):
         raise SystemExit("RL needs a starting policy: init=<hf model dir> (e.g. out/tiny/sft/model)")
-    config.save(cfg)
-    torch.manual_seed(cfg.seed)
-    paths = world.build(cfg.world, cfg.world.dir)
+    device = dist.init(cfg.dist)
+    if dist.is_main():
+        config.save(cfg)
+    torch.manual_seed(cfg.seed + dist.rank())  # each rank samples its own stream
+    paths = dist.main_first(world.build, cfg.world, cfg.world.dir)
     prompts, dropped = data.filter_labels(data.read_jsonl(cfg.data.train or paths["rl"]), cfg.data.labels)
-    if dropped:
+    if dropped and dist.is_main():
         print(f"stage {cfg.stage}: kept {len(prompts)} prompts with labels {cfg.data.labels}; "
               f"left out by label: {dropped}")
     held = data.read_jsonl(cfg.data.heldout or paths["heldout"])
     tool = search.SearchTool.from_jsonl(paths["kb"]) if cfg.rollout.max_tool_calls > 0 else None
     bundle = model.make(cfg)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    bundle.model.to(device)
     ref = None
-    if cfg.rl.kl_coef > 0:
-        ref = model.Bundle(copy.deepcopy(bundle.model).eval().requires_grad_(False), bundle.tokenizer,
-                           bundle.image_processor)
+    if cfg.rl.kl_coef > 0:  # copied before sharding, then sharded like the policy
+        ref = model.Bundle(dist.shard(copy.deepcopy(bundle.model).eval().requires_grad_(False), cfg.dist),
+                           bundle.tokenizer, bundle.image_processor)
+    bundle.model = dist.shard(bundle.model, cfg.dist)
     impl = cfg.rl.logprob_impl if cfg.rl.logprob_impl != "auto" else ("triton" if device.type == "cuda" else "torch")
     adv_impl = cfg.rl.advantage_impl if cfg.rl.advantage_impl != "auto" else ("triton" if device.type == "cuda" else "torch")
     advantages = group_advantages_triton if adv_impl == "triton" else rl.group_advantages
@@ -188,12 +206,15 @@ def main(argv: list[str]) -> None:
     if checkpoint.exists(ckpt_dir):
         step, extra = checkpoint.load(ckpt_dir, bundle.model, opt, sched)
         lam = extra.get("lam", lam)
-        print(f"resumed from {ckpt_dir} at step {step}")
-    logger = log.Logger(cfg.io.out_dir, steps, step, progress=cfg.io.progress)
+        if dist.is_main():
+            print(f"resumed from {ckpt_dir} at step {step}")
+    logger = log.Logger(cfg.io.out_dir, steps, step, enabled=dist.is_main(), progress=cfg.io.progress)
     G = cfg.rollout.group_size
     while step < steps:
         t0 = time.time()
         batch = [prompts[i] for i in batch_order(len(prompts), step, cfg.rollout.prompts_per_step, cfg.seed)]
+        # this rank's prompts (its share of each mini-batch); their groups, hence advantages, stay here
+        batch = dist.local_slice(batch, parts=cfg.rl.mini_batches)
         outs = rollout.generate(bundle, batch, cfg.data, cfg.rollout, n=G, tool=tool)
         t_gen = time.time()
         rewards, vmetrics = rewards_for(outs, cfg, lam, judges)
@@ -203,6 +224,11 @@ def main(argv: list[str]) -> None:
         t_rew = time.time()
         stats = rl_step(bundle, ref, opt, sched, outs, adv.float(), cfg, impl)
         t_upd = time.time()
+        # the metrics and lam cover the whole step: every rank's responses
+        outs, vmetrics, rewards = zip(*dist.gather_objects(
+            [(dataclasses.replace(o, prompt=None), m, r) for o, m, r in zip(outs, vmetrics, rewards.tolist())]))
+        rewards = torch.tensor(rewards)
+        lengths = torch.tensor([sum(o.mask) for o in outs], dtype=torch.float32)
         step += 1
         metrics = {**stats, "reward": float(rewards.mean()), "lr": sched.get_last_lr()[0],
                    "response_len": float(lengths.mean()),
@@ -230,7 +256,8 @@ def main(argv: list[str]) -> None:
             checkpoint.save(ckpt_dir, bundle.model, opt, sched, step, {"lam": lam})
     logger.close()
     model.export(bundle, os.path.join(cfg.io.out_dir, "model"))
-    print(f"done: {step} steps; exported {cfg.io.out_dir}/model")
+    if dist.is_main():
+        print(f"done: {step} steps; exported {cfg.io.out_dir}/model")
 
 
 if __name__ == "__main__":

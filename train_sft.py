@@ -26,7 +26,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from nanosafe import checkpoint, config, data, log, model, optim, world
+from nanosafe import checkpoint, config, data, dist, log, model, optim, world
 
 
 def batch_order(n: int, step: int, batch_size: int, seed: int) -> list[int]:
@@ -45,8 +45,9 @@ def batch_order(n: int, step: int, batch_size: int, seed: int) -> list[int]:
 
 def token_loss_sum(bundle, batch: dict) -> tuple[torch.Tensor, int]:
     """Summed next-token cross-entropy over unmasked labels, and their count."""
-    labels = batch["labels"]  # [B, T]
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    device = dist.device_of(bundle.model)
+    labels = batch["labels"].to(device)  # [B, T]
+    inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
     logits = bundle.model(**inputs).logits[:, :-1].float()  # [B, T-1, V]
     target = labels[:, 1:]  # [B, T-1]
     loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1),
@@ -67,18 +68,22 @@ def heldout_loss(bundle, encoded: list[dict], pad_id: int, micro: int) -> float:
 
 def main(argv: list[str]) -> None:
     cfg = config.parse(argv, default_stage="sft")
-    config.save(cfg)
+    dist.init(cfg.dist)
+    if dist.is_main():
+        config.save(cfg)
     torch.manual_seed(cfg.seed)
-    paths = world.build(cfg.world, cfg.world.dir)
+    paths = dist.main_first(world.build, cfg.world, cfg.world.dir)
     train = data.read_jsonl(cfg.data.train or paths["sft"], need_response=True)
     held = data.read_jsonl(cfg.data.heldout or paths["heldout"], need_response=True)
     bundle = model.make(cfg, lambda: world.corpus(paths))
+    bundle.model = dist.shard(bundle.model, cfg.dist)
     pad_id = bundle.tokenizer.pad_token_id
     t0 = time.time()
     enc_train = [data.encode_sft(bundle, s, cfg.data) for s in train]
     enc_held = [data.encode_sft(bundle, s, cfg.data) for s in held]
-    print(f"params {model.n_params(bundle.model) / 1e6:.2f}M | train {len(enc_train)} | heldout "
-          f"{len(enc_held)} | encoded in {time.time() - t0:.1f}s")
+    if dist.is_main():
+        print(f"params {model.n_params(bundle.model) / 1e6:.2f}M | train {len(enc_train)} | heldout "
+              f"{len(enc_held)} | encoded in {time.time() - t0:.1f}s | ranks {dist.world_size()}")
 
     o = cfg.optim
     assert o.batch_size % o.micro_batch_size == 0, "optim.batch_size must be a multiple of micro_batch_size"
@@ -86,22 +91,25 @@ def main(argv: list[str]) -> None:
     ckpt_dir, step = os.path.join(cfg.io.out_dir, "ckpt"), 0
     if checkpoint.exists(ckpt_dir):
         step, _ = checkpoint.load(ckpt_dir, bundle.model, opt, sched)
-        print(f"resumed from {ckpt_dir} at step {step}")
-    logger = log.Logger(cfg.io.out_dir, o.steps, step, progress=cfg.io.progress)
+        if dist.is_main():
+            print(f"resumed from {ckpt_dir} at step {step}")
+    logger = log.Logger(cfg.io.out_dir, o.steps, step, enabled=dist.is_main(), progress=cfg.io.progress)
     bundle.model.train()
     t_start = time.time()
     while step < o.steps:
         t_step = time.time()
-        idx = batch_order(len(enc_train), step, o.batch_size, cfg.seed)
+        idx = dist.local_slice(batch_order(len(enc_train), step, o.batch_size, cfg.seed))
         micro = [idx[i:i + o.micro_batch_size] for i in range(0, len(idx), o.micro_batch_size)]
         batches = [data.collate([enc_train[j] for j in m], pad_id) for m in micro]
-        n_tokens = sum(int((b["labels"][:, 1:] != data.IGNORE).sum()) for b in batches)
+        # the global batch's token count: each rank's loss is then its share of the global loss
+        n_tokens = dist.all_reduce_sum(sum(int((b["labels"][:, 1:] != data.IGNORE).sum()) for b in batches))
         loss_total = 0.0
         for b in batches:
             s, _ = token_loss_sum(bundle, b)
             (s / n_tokens).backward()
             loss_total += s.item() / n_tokens
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(bundle.model.parameters(), o.grad_clip))
+        loss_total = dist.all_reduce_sum(loss_total)
+        grad_norm = dist.clip_grad_norm_(bundle.model, o.grad_clip)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
@@ -120,7 +128,8 @@ def main(argv: list[str]) -> None:
             checkpoint.save(ckpt_dir, bundle.model, opt, sched, step)
     logger.close()
     model.export(bundle, os.path.join(cfg.io.out_dir, "model"))
-    print(f"done: {step} steps in {time.time() - t_start:.0f}s; exported {cfg.io.out_dir}/model")
+    if dist.is_main():
+        print(f"done: {step} steps in {time.time() - t_start:.0f}s; exported {cfg.io.out_dir}/model")
 
 
 if __name__ == "__main__":

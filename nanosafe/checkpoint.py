@@ -1,48 +1,105 @@
 """Resumable training state: model, optimiser, scheduler, RNG, step, data position and any extra
-scalars (e.g. rung 4's Lagrange multiplier), written atomically to `<out_dir>/ckpt/`.
+scalars (e.g. rung 4's Lagrange multiplier), written atomically to `<out_dir>/ckpt/`. The data
+position is not stored: it follows from the step (train_sft.batch_order).
 
-Loading uses `torch.load(weights_only=True)`, so a checkpoint cannot run code. The final policy is
-exported separately with `save_pretrained` (nanosafe.model.export).
+One process: `state.pt`, written to a temporary file and renamed; loading uses
+`torch.load(weights_only=True)`, so a checkpoint cannot run code.
+
+Under FSDP (nanosafe.dist), each rank writes only its shards: `step-<N>/` holds the model and
+optimiser through torch.distributed.checkpoint (DCP; `get_state_dict` / `set_state_dict` map
+FSDP's sharded tensors to plain names, so DCP could reshard them onto another world size) and a
+`rank<r>.pt` per rank with what is not sharded: the scheduler, step, extra scalars and that rank's
+RNG state (each rank samples its own stream, so resuming replays exactly). The file `latest`
+names the newest complete directory; it is replaced atomically after every rank has finished
+writing, and only then are older directories removed, so a crash mid-save keeps the previous
+checkpoint. Resuming needs the same number of ranks (the RNG streams are per rank).
+
+The final policy is exported separately with `save_pretrained` (nanosafe.model.export).
 """
 from __future__ import annotations
 
 import os
 import random
+import shutil
 
 import torch
 
+from nanosafe import dist
+
 FILE = "state.pt"
+LATEST = "latest"
 
 
 def rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
-            "python_pos": random.getstate()[2]}
+    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+             "python_pos": random.getstate()[2]}
+    if torch.cuda.is_available():  # sampling on a GPU draws from the device's generator
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
 
 
 def set_rng_state(s: dict) -> None:
     torch.set_rng_state(s["torch"])
     random.setstate((3, tuple(s["python"]), s["python_pos"]))
+    if "cuda" in s:
+        torch.cuda.set_rng_state(s["cuda"])
 
 
 def save(ckpt_dir: str, model, optimizer, scheduler, step: int, extra: dict | None = None) -> None:
+    """Every rank calls it (a collective under FSDP)."""
     os.makedirs(ckpt_dir, exist_ok=True)
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-             "scheduler": scheduler.state_dict(), "rng": rng_state(), "step": step,
-             "extra": extra or {}}
-    tmp = os.path.join(ckpt_dir, FILE + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, os.path.join(ckpt_dir, FILE))
+    rest = {"scheduler": scheduler.state_dict(), "rng": rng_state(), "step": step, "extra": extra or {}}
+    if not dist.is_sharded(model):
+        tmp = os.path.join(ckpt_dir, FILE + ".tmp")
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), **rest}, tmp)
+        os.replace(tmp, os.path.join(ckpt_dir, FILE))
+        return
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+    name = f"step-{step:08d}"
+    path = os.path.join(ckpt_dir, name)
+    model_state, optim_state = get_state_dict(model, optimizer)
+    dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=path)
+    torch.save({**rest, "world_size": dist.world_size()}, os.path.join(path, f"rank{dist.rank()}.pt"))
+    dist.barrier()
+    if dist.is_main():
+        with open(os.path.join(ckpt_dir, LATEST + ".tmp"), "w") as f:
+            f.write(name)
+        os.replace(os.path.join(ckpt_dir, LATEST + ".tmp"), os.path.join(ckpt_dir, LATEST))
+        for old in os.listdir(ckpt_dir):
+            if old.startswith("step-") and old != name:
+                shutil.rmtree(os.path.join(ckpt_dir, old))
+    dist.barrier()
 
 
 def exists(ckpt_dir: str) -> bool:
-    return os.path.exists(os.path.join(ckpt_dir, FILE))
+    return any(os.path.exists(os.path.join(ckpt_dir, f)) for f in (FILE, LATEST))
 
 
 def load(ckpt_dir: str, model, optimizer, scheduler) -> tuple[int, dict]:
     """Restore everything in place; returns (step, extra)."""
-    state = torch.load(os.path.join(ckpt_dir, FILE), weights_only=True, map_location="cpu")
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
+    sharded = dist.is_sharded(model)
+    if not os.path.exists(os.path.join(ckpt_dir, LATEST if sharded else FILE)):
+        raise FileNotFoundError(f"{ckpt_dir} holds a {'single-process' if sharded else 'sharded'} "
+                                "checkpoint; resume it the way it was written (torchrun or not)")
+    if not sharded:
+        state = torch.load(os.path.join(ckpt_dir, FILE), weights_only=True, map_location="cpu")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    else:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+        with open(os.path.join(ckpt_dir, LATEST)) as f:
+            path = os.path.join(ckpt_dir, f.read().strip())
+        model_state, optim_state = get_state_dict(model, optimizer)
+        shards = {"model": model_state, "optimizer": optim_state}
+        dcp.load(shards, checkpoint_id=path)
+        set_state_dict(model, optimizer, model_state_dict=shards["model"], optim_state_dict=shards["optimizer"])
+        own = os.path.join(path, f"rank{dist.rank()}.pt")
+        state = torch.load(own, weights_only=True) if os.path.exists(own) else {}
+        if state.get("world_size") != dist.world_size():
+            raise RuntimeError(f"{path} was written by a different number of ranks; resume with the same "
+                               f"number (the RNG streams are per rank)")
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
     return state["step"], state["extra"]

@@ -16,10 +16,13 @@ and `export` writes all three with `save_pretrained` (safetensors) for any Huggi
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
 import torch
+
+from nanosafe import dist
 
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
            "<|image_pad|>", "<|video_pad|>", "<think>", "</think>", "<search>", "</search>",
@@ -116,7 +119,14 @@ def load(path: str, mcfg) -> Bundle:
     config = AutoConfig.from_pretrained(path, trust_remote_code=trc)
     is_vl = hasattr(config, "vision_config")
     cls = AutoModelForImageTextToText if is_vl else AutoModelForCausalLM
-    model = cls.from_pretrained(path, trust_remote_code=trc, dtype=getattr(torch, mcfg.dtype))
+    if dist.world_size() > 1 and not dist.is_main():  # a skeleton; rank 0's weights arrive in dist.shard
+        from transformers import GenerationConfig
+        with torch.device("meta"):
+            model = cls.from_config(config, trust_remote_code=trc, dtype=getattr(torch, mcfg.dtype))
+        with contextlib.suppress(OSError):  # as from_pretrained does: the checkpoint's own settings
+            model.generation_config = GenerationConfig.from_pretrained(path)
+    else:
+        model = cls.from_pretrained(path, trust_remote_code=trc, dtype=getattr(torch, mcfg.dtype))
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trc)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -155,9 +165,12 @@ def make(cfg, texts_fn=None) -> Bundle:
 
 
 def export(bundle: Bundle, out: str) -> None:
-    """save_pretrained for weights (safetensors), tokenizer + chat template and image processor."""
+    """save_pretrained for weights (safetensors), tokenizer + chat template and image processor.
+    Under FSDP every rank joins the gather of the full weights and rank 0 writes them."""
+    model = dist.full_copy(bundle.model)
+    if not dist.is_main():
+        return
     os.makedirs(out, exist_ok=True)
-    model = bundle.model
     model.save_pretrained(out, safe_serialization=True)
     bundle.tokenizer.save_pretrained(out)
     if bundle.image_processor is not None:

@@ -17,11 +17,11 @@ expects one image per pad run, so the response is cut before it and the event co
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
-from nanosafe import data
+from nanosafe import data, dist
 
 TAG = re.compile(r"<[^<>]*>")
 VISION_SPECIALS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
@@ -63,22 +63,29 @@ def generate(bundle, samples: list[dict], dcfg, rcfg, n: int = 1, greedy: bool =
     was_training = model.training
     model.eval()
     max_rounds = (rcfg.max_tool_calls if tool is not None else 0) + 1
-    for _ in range(max_rounds):
-        todo = [r for r in outs if not r.ended and len(r.ids) < rcfg.max_new_tokens and not r.bad_tokens]
-        if not todo:
-            break
-        for i in range(0, len(todo), rcfg.gen_batch_size):
-            _extend(model, tok, todo[i:i + rcfg.gen_batch_size], rcfg, greedy, eos, pad, close,
-                    stop_strings, bad_ids)
-        for r in todo:
-            if tool is not None and not r.ended and _ends_with_search(tok, r) and r.tool_calls < rcfg.max_tool_calls:
-                query = tok.decode(r.ids).rsplit("<search>", 1)[-1].replace("</search>", "").strip()
-                found = TAG.sub("", tool(query))  # a passage must not close the think block or open a tool
-                res_ids, _ = data.encode_response(tok, f"<result>{found}</result>", end=False)
-                room = rcfg.max_new_tokens - len(r.ids)
-                r.ids += res_ids[:room]
-                r.mask += [0] * min(len(res_ids), room)
-                r.tool_calls += 1
+    with dist.generation(model) as lockstep:
+        for _ in range(max_rounds):
+            todo = [r for r in outs if not r.ended and len(r.ids) < rcfg.max_new_tokens and not r.bad_tokens]
+            chunks = [todo[i:i + rcfg.gen_batch_size] for i in range(0, len(todo), rcfg.gen_batch_size)]
+            n_calls = dist.all_reduce_max(len(chunks)) if lockstep else len(chunks)
+            if not n_calls:
+                break
+            for i in range(n_calls):
+                if i < len(chunks):
+                    _extend(model, tok, chunks[i], rcfg, greedy, eos, pad, close, stop_strings, bad_ids, lockstep)
+                else:  # this rank is done, but each sharded forward pass needs every rank: a throw-away
+                    # row of one greedy token (no random draw), then generate follows the others
+                    _extend(model, tok, [Rollout(outs[0].sample, outs[0].prompt)], replace(rcfg, max_new_tokens=1),
+                            True, eos, pad, close, stop_strings, bad_ids, lockstep)
+            for r in todo:
+                if tool is not None and not r.ended and _ends_with_search(tok, r) and r.tool_calls < rcfg.max_tool_calls:
+                    query = tok.decode(r.ids).rsplit("<search>", 1)[-1].replace("</search>", "").strip()
+                    found = TAG.sub("", tool(query))  # a passage must not close the think block or open a tool
+                    res_ids, _ = data.encode_response(tok, f"<result>{found}</result>", end=False)
+                    room = rcfg.max_new_tokens - len(r.ids)
+                    r.ids += res_ids[:room]
+                    r.mask += [0] * min(len(res_ids), room)
+                    r.tool_calls += 1
     for r in outs:
         r.text = tok.decode([t for t in r.ids if t != eos], skip_special_tokens=False)
     model.train(was_training)
@@ -89,21 +96,27 @@ def _ends_with_search(tok, r: Rollout) -> bool:
     return tok.decode(r.ids[-4:], skip_special_tokens=False).endswith("</search>")
 
 
-def _extend(model, tok, batch: list[Rollout], rcfg, greedy, eos, pad, close, stop_strings, bad_ids):
-    """One generate call that continues every rollout in `batch` from its current response."""
+def _extend(model, tok, batch: list[Rollout], rcfg, greedy, eos, pad, close, stop_strings, bad_ids,
+            lockstep=False):
+    """One generate call that continues every rollout in `batch` from its current response;
+    `lockstep` (FSDP, layers sharded): keep running forward passes until every rank is done."""
     items = [{"input_ids": torch.cat([r.prompt["input_ids"], torch.tensor(r.ids, dtype=torch.long)]),
               "pixel_values": r.prompt["pixel_values"], "image_grid_thw": r.prompt["image_grid_thw"]}
              for r in batch]
     inputs = data.collate(items, pad, left=True)
-    device = next(model.parameters()).device
+    device = dist.device_of(model)
     inputs = {k: v.to(device) for k, v in inputs.items()}
     budget = rcfg.max_new_tokens - min(len(r.ids) for r in batch)
     stops = [eos] + ([close] if close is not None else [])
+    # the checkpoint's generation_config may carry top_k / repetition_penalty; override them, or the
+    # samples would not come from the pi_old whose log-probs the trainer recomputes
     kwargs = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=rcfg.temperature,
                                                        top_p=rcfg.top_p, top_k=0)
+    kwargs["repetition_penalty"] = 1.0
     if stop_strings:
         kwargs.update(stop_strings=stop_strings, tokenizer=tok)
-    out = model.generate(**inputs, max_new_tokens=budget, eos_token_id=stops, pad_token_id=pad, **kwargs)
+    out = model.generate(**inputs, max_new_tokens=budget, eos_token_id=stops, pad_token_id=pad,
+                         synced_gpus=lockstep, **kwargs)
     new = out[:, inputs["input_ids"].shape[1]:].tolist()  # [B, <=budget]
     for r, seq in zip(batch, new):
         room = rcfg.max_new_tokens - len(r.ids)

@@ -25,3 +25,21 @@ def tiny(tmp_path_factory):
     paths = world.build(cfg.world, cfg.world.dir)
     bundle = model.make(cfg, lambda: world.corpus(paths))
     return cfg, paths, bundle
+
+
+def crash_then_resume(script, args, crash_step, monkeypatch):
+    """Run script.main(args) until the checkpoint of `crash_step` is written, crash there, then run
+    it again so it resumes: the test of "stop at step k and resume = uninterrupted"."""
+    from nanosafe import checkpoint
+    real_save = checkpoint.save
+
+    def save_then_crash(ckpt_dir, m, opt, sched, step, extra=None):
+        real_save(ckpt_dir, m, opt, sched, step, extra)
+        if step == crash_step:
+            raise KeyboardInterrupt("simulated crash")
+
+    monkeypatch.setattr(script.checkpoint, "save", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        script.main(args)
+    monkeypatch.setattr(script.checkpoint, "save", real_save)
+    script.main(args)

@@ -1,0 +1,233 @@
+"""One node, many GPUs: torchrun + FSDP2, and the few collectives the scripts need (DESIGN §7).
+
+    torchrun --nproc_per_node 8 train_grpo.py --config configs/qwen2_5_vl_7b.py stage=m3a init=...
+
+`init` joins torchrun's process group (on CUDA one GPU per local rank, NCCL for GPU tensors and
+gloo for host ones; on CPU gloo, which is how the tests run two processes on a laptop). Without
+torchrun nothing is initialised: rank 0 of 1, every helper below is a no-op and the scripts run
+the plain single-process code. Rank 0 alone prints, logs, writes config.json and exports; the
+held-out evaluations run on every rank (the same forward passes, which FSDP needs anyway).
+
+Data parallelism. A step's global batch (SFT sequences, RL prompts) is split into per-rank
+slices (`local_slice`). Every loss in nanosafe is divided by the step's *global* counts
+(tokens or sequences of all ranks, `all_reduce_sum`), so a rank's loss is its share of the global
+loss and the SUM of the ranks' gradients is the single-process gradient. FSDP's default is a mean
+over ranks, so `shard` sets the gradient divide factor to 1 (a plain sum, no rescaling).
+
+Sharding (`shard`) with FSDP2's `fully_shard`:
+- one unit per decoder layer (all-gathered just before its forward, freed after it, gathered again
+  in backward) and the root unit holding the rest: embeddings, final norm, LM head and the vision
+  tower. The root stays gathered from its forward to the end of backward, so the RL loss can read
+  the LM head's weight (kernels.logprob) after the forward has returned.
+- the vision tower is in the root unit, not a unit of its own, on purpose: a unit is all-gathered
+  when its module runs, and only prompts with images run the tower, so a rank whose micro-batch
+  has no image would skip a collective the others wait in. The root is gathered on every forward.
+  Frozen (the presets; requires_grad False) the tower gets no gradient and no optimiser state;
+  trainable (the tiny model built from scratch) a rank without images contributes zeros
+  (`set_reduce_scatter_unused_params`, FSDP's analogue of DDP's find_unused_parameters).
+- on CUDA, bf16 mixed precision: the fp32 shards are the optimiser's master weights, gathered as
+  bf16 for compute, gradients reduced in fp32. On CPU (gloo, tests) everything stays fp32.
+- `dist.cpu_offload`: shards, gradients and the optimiser step live in host memory (72B).
+- activation checkpointing is `model.gradient_checkpointing` (Hugging Face's, per decoder layer).
+- loading a checkpoint: rank 0 reads it, the other ranks build the model on the meta device
+  (nanosafe.model.load), and after sharding rank 0 broadcasts the weights shard by shard, so the
+  host holds one copy of the model instead of one per rank.
+
+Generation (`generation`), every rank at once with its own prompts. By default the whole policy is
+gathered for the rollout (bf16 on CUDA) and each rank then calls `generate` with no further
+communication; this needs the full bf16 weights on every GPU. `dist.rollout_unshard=false` keeps
+the layers sharded (72B): each forward pass all-gathers layer by layer, so the ranks must run the
+same number of forward passes -- `generate(synced_gpus=True)` within a call, and the same number
+of calls (nanosafe.rollout gives a rank with nothing left a throw-away row of one greedy token).
+The root unit is gathered for the whole rollout in both modes (see `generation`).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+
+import torch
+import torch.distributed as tdist
+
+_device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def init(dcfg) -> torch.device:
+    """Join torchrun's process group if launched by torchrun; returns this rank's device."""
+    global _device
+    if "WORLD_SIZE" in os.environ and not tdist.is_initialized():
+        cuda = torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        # auto on CUDA: NCCL for GPU tensors, gloo for host ones (the rank-0 broadcast into
+        # host-memory shards under cpu_offload, DCP's and all_gather_object's bookkeeping)
+        backend = dcfg.backend if dcfg.backend != "auto" else ("cpu:gloo,cuda:nccl" if cuda else "gloo")
+        tdist.init_process_group(backend)
+        _device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+    return _device
+
+
+def rank() -> int:
+    return tdist.get_rank() if tdist.is_initialized() else 0
+
+
+def world_size() -> int:
+    return tdist.get_world_size() if tdist.is_initialized() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    if tdist.is_initialized():
+        tdist.barrier()
+
+
+def _all_reduce(x, op):
+    if not tdist.is_initialized():
+        return x
+    xs = x if isinstance(x, (list, tuple)) else [x]
+    t = torch.tensor(xs, dtype=torch.float64, device=_device)  # float64: counts stay exact
+    tdist.all_reduce(t, op=op)
+    out = [type(v)(s) for v, s in zip(xs, t.tolist())]
+    return out if isinstance(x, (list, tuple)) else out[0]
+
+
+def all_reduce_sum(x):
+    """Sum a number (or a list of numbers) over the ranks; ints stay ints."""
+    return _all_reduce(x, tdist.ReduceOp.SUM)
+
+
+def all_reduce_max(x):
+    return _all_reduce(x, tdist.ReduceOp.MAX)
+
+
+def gather_objects(items: list) -> list:
+    """Concatenate every rank's list, in rank order."""
+    if not tdist.is_initialized():
+        return items
+    parts = [None] * world_size()
+    tdist.all_gather_object(parts, items)
+    return [x for p in parts for x in p]
+
+
+def local_slice(items: list, parts: int = 1) -> list:
+    """This rank's share of a step's global batch: a contiguous slice; with `parts` > 1 (the RL
+    step's mini-batches) a slice of each part, so that every optimiser step of the step sees the
+    samples it would see in one process."""
+    n, w = len(items), world_size()
+    if n % (parts * w):
+        raise ValueError(f"a global batch of {n} does not split into {parts} part(s) x {w} rank(s)")
+    size = n // (parts * w)
+    return [x for k in range(parts) for x in items[(k * w + rank()) * size:(k * w + rank() + 1) * size]]
+
+
+def main_first(fn, *args):
+    """fn(*args) on rank 0, then on the others: write shared files once, then read them."""
+    out = fn(*args) if is_main() else None
+    barrier()
+    return out if is_main() else fn(*args)
+
+
+def is_sharded(model) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+    return isinstance(model, FSDPModule)
+
+
+def device_of(model) -> torch.device:
+    """Where `model` computes: its parameters' device, except under FSDP, where the shards may
+    live in host memory (cpu_offload) while the compute runs on this rank's device."""
+    return _device if is_sharded(model) else next(model.parameters()).device
+
+
+def shard(model: torch.nn.Module, dcfg) -> torch.nn.Module:
+    """FSDP2 as the module docstring says; a single process just moves the model to its device."""
+    if not tdist.is_initialized():
+        return model.to(_device)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, fully_shard
+
+    kw = {"mesh": init_device_mesh(_device.type, (world_size(),))}
+    if _device.type == "cuda" and dcfg.mixed_precision == "bf16":
+        kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    if dcfg.cpu_offload:
+        kw["offload_policy"] = CPUOffloadPolicy(pin_memory=_device.type == "cuda")
+    on_meta = any(p.is_meta for p in model.parameters())
+    from_rank0 = bool(all_reduce_max(int(on_meta)))  # some ranks built a skeleton to be filled
+    full = model.state_dict() if from_rank0 and is_main() else {}
+    for m in model.modules():
+        if type(m).__name__.endswith("DecoderLayer"):
+            fully_shard(m, reshard_after_forward=True, **kw)
+    fully_shard(model, reshard_after_forward=False, **kw)
+    model.set_reduce_scatter_unused_params(True)
+    for m in model.modules():
+        if isinstance(m, FSDPModule):  # sum, not mean, over ranks: see "Data parallelism" above
+            m.set_gradient_divide_factor(1.0)
+            m.set_force_sum_reduction_for_comms(True)  # a plain SUM (gloo has no pre-scaled sum)
+    if from_rank0:
+        if on_meta:
+            model.to_empty(device="cpu" if dcfg.cpu_offload else _device)
+        set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True,
+                                                                   broadcast_from_rank0=True))
+        for mod in model.modules():  # buffers (rotary frequencies) are not in the state dict
+            for name, buf in mod.named_buffers(recurse=False):
+                buf = buf.to(_device)
+                tdist.broadcast(buf, src=0)
+                setattr(mod, name, buf)
+    model._rollout_unshard = dcfg.rollout_unshard  # read by `generation`
+    # FSDP warns that the model returns views (logits slices); nanosafe never edits them in place
+    warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
+    return model
+
+
+@contextlib.contextmanager
+def generation(model):
+    """Around `generate` on every rank; yields True when the ranks must run in lockstep (the layers
+    stay sharded), False when each rank may generate on its own (single process, or the policy
+    gathered for the rollout as the module docstring says)."""
+    from torch.distributed.fsdp import FSDPModule
+    if not is_sharded(model):
+        yield False
+        return
+    # The root unit is gathered in both modes: generate runs the vision tower on its own before
+    # the first forward pass, outside the hooks that would gather it.
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)] if model._rollout_unshard else [model]
+    for m in units:
+        m.unshard()
+        m.set_reshard_after_forward(False)
+    try:
+        yield not model._rollout_unshard
+    finally:
+        for m in units:
+            m.reshard()
+            m.set_reshard_after_forward(m is not model)  # back to `shard`'s setting
+
+
+def clip_grad_norm_(model, max_norm: float) -> float:
+    """Clip the global gradient norm (over every shard of every rank); returns it."""
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+
+
+def full_copy(model):
+    """The model itself when unsharded. Under FSDP (a collective: every rank calls it) rank 0 gets a
+    plain copy of the model class holding the consolidated weights on the host, which Hugging Face's
+    save_pretrained handles like any model (the FSDP class would defeat its key renaming and tied-
+    weight detection); the other ranks get None."""
+    if not is_sharded(model):
+        return model
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.fsdp import FSDPModule
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not is_main():
+        return None
+    cls = next(c for c in type(model).__mro__ if not issubclass(c, FSDPModule))  # the class before fully_shard
+    with torch.device("meta"):
+        plain = cls(model.config)
+    plain.load_state_dict(state, assign=True)
+    plain.tie_weights()  # assign replaced the shared embedding / LM head tensor by two equal ones
+    plain.generation_config = model.generation_config
+    return plain
