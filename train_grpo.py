@@ -258,6 +258,7 @@ def main(argv: list[str]) -> None:
     model.export(bundle, os.path.join(cfg.io.out_dir, "model"))
     if dist.is_main():
         print(f"done: {step} steps; exported {cfg.io.out_dir}/model")
+    dist.close()
 
 
 if __name__ == "__main__":

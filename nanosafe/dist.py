@@ -68,6 +68,14 @@ def init(dcfg) -> torch.device:
     return _device
 
 
+def close() -> None:
+    """Leave the process group cleanly: a rank that exits while gloo's threads still run can abort
+    ("terminate called without an active exception") after its work is done."""
+    if tdist.is_initialized():
+        tdist.barrier()
+        tdist.destroy_process_group()
+
+
 def rank() -> int:
     return tdist.get_rank() if tdist.is_initialized() else 0
 
