@@ -43,6 +43,7 @@ The root unit is gathered for the whole rollout in both modes (see `generation`)
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import warnings
@@ -64,15 +65,22 @@ def init(dcfg) -> torch.device:
         # host-memory shards under cpu_offload, DCP's and all_gather_object's bookkeeping)
         backend = dcfg.backend if dcfg.backend != "auto" else ("cpu:gloo,cuda:nccl" if cuda else "gloo")
         tdist.init_process_group(backend)
+        # every exit path (a script's end, a test driver's check) must leave the group: a process
+        # that exits with gloo's threads alive aborts ("terminate called without an active exception")
+        atexit.register(_destroy)
         _device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
     return _device
 
 
 def close() -> None:
-    """Leave the process group cleanly: a rank that exits while gloo's threads still run can abort
-    ("terminate called without an active exception") after its work is done."""
+    """Wait for every rank, then leave the process group (the end of a script)."""
     if tdist.is_initialized():
         tdist.barrier()
+    _destroy()
+
+
+def _destroy() -> None:
+    if tdist.is_initialized():
         tdist.destroy_process_group()
 
 
