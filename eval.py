@@ -59,10 +59,8 @@ def record(sample: dict, r: rollout.Rollout, metrics: dict, c_star: float) -> di
         rec["value"] = float(metrics.get("value", 0.0) >= 0.5)
     if label == "knowledge":
         correct = metrics.get("knowledge_exact", 0.0) >= 1.0
-        conf = metrics.get("confidence")
         rec["knowledge"] = float(correct)
-        # a missing or unparseable confidence fails closed: it counts as certain
-        rec["false_certain"] = float(not correct and (conf is None or conf >= c_star))
+        rec["false_certain"] = float(verifiers.is_false_certain(correct, metrics.get("confidence"), c_star))
     return rec
 
 

@@ -102,8 +102,8 @@ def rewards_for(outs, cfg, lam: float, judges=None) -> tuple[torch.Tensor, list[
         for i, (o, m) in enumerate(zip(outs, metrics)):
             if o.sample["label"] == "knowledge":
                 correct = m.get("knowledge_exact", 0.0) >= 1.0
-                conf = m.get("confidence")
-                m["false_certain"] = float(not correct and (conf is None or conf >= cfg.verifiers.confidence_threshold))
+                m["false_certain"] = float(verifiers.is_false_certain(correct, m.get("confidence"),
+                                                                       cfg.verifiers.confidence_threshold))
                 rewards[i] = rl.search_reward(correct, bool(m["false_certain"]),
                                               cfg.verifiers.format_weight * m["format"], lam)
     return torch.tensor(rewards, dtype=torch.float32), metrics

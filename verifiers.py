@@ -351,16 +351,21 @@ def boxed_score(answer, reference):
     return float(got is not None and _normalise_boxed(got) == _normalise_boxed(str(reference))), {}
 
 
+def is_false_certain(correct, confidence, c_star):
+    """Wrong and confident (>= c*). A missing confidence counts as 1.0: an unhedged answer asserts
+    certainty, so omitting the tag must not dodge the false-certain penalty."""
+    return (not correct) and (1.0 if confidence is None else float(confidence)) >= c_star
+
+
 def calibration_metrics(correct, confidences, c_star=0.7):
-    """Batch calibration for the search rung. A missing confidence counts as 1.0: an unhedged
-    answer asserts certainty, so omitting the tag must not dodge the false-certain penalty."""
+    """Batch calibration for the search rung (missing confidence = 1.0, as in is_false_certain)."""
     n = len(correct)
     if n == 0 or n != len(confidences):
         raise ValueError("need equally long, non-empty lists of correctness and confidences")
     conf = [1.0 if c is None else float(c) for c in confidences]
     return {
         "accuracy": sum(map(bool, correct)) / n,
-        "false_certain": sum((not ok) and c >= c_star for ok, c in zip(correct, conf)) / n,
+        "false_certain": sum(is_false_certain(ok, c, c_star) for ok, c in zip(correct, conf)) / n,
         "brier": sum((c - float(bool(ok))) ** 2 for ok, c in zip(correct, conf)) / n,
         "mean_confidence": sum(conf) / n,
         "missing_confidence": sum(c is None for c in confidences) / n,
