@@ -79,7 +79,7 @@ def summarize(records: list[dict]) -> tuple[dict, dict]:
     return summary, families
 
 
-def score(samples: list[dict], outs: list[rollout.Rollout], vcfg, judges=None) -> tuple[list[float], list[dict]]:
+def score(outs: list[rollout.Rollout], vcfg, judges=None) -> tuple[list[float], list[dict]]:
     return verifiers.score_batch([r.sample for r in outs], [r.text for r in outs],
                                  weights=vcfg.weights or None, judges=judges,
                                  format_weight=vcfg.format_weight)
@@ -95,8 +95,8 @@ def evaluate(bundle, samples: list[dict], cfg, tool=None, judges=None, n_sampled
         if n == 0:
             continue
         outs = rollout.generate(bundle, samples, cfg.data, cfg.rollout, n=n, greedy=greedy, tool=tool,
-                                prompts=[p for p in prompts])
-        _, metrics = score(samples, outs, cfg.verifiers, judges)
+                                prompts=prompts)
+        _, metrics = score(outs, cfg.verifiers, judges)
         recs = [record(o.sample, o, m, cfg.verifiers.confidence_threshold) for o, m in zip(outs, metrics)]
         result["summary" + name], result["families" + name] = summarize(recs)
         if greedy and log_examples:
@@ -136,7 +136,7 @@ def step_search_eval(bundle, samples: list[dict], cfg, k: int, tool=None, judges
     """The verifier-guided step search intervention, scored like greedy decoding."""
     outs = interventions.step_search(bundle, samples, cfg.data, cfg.rollout, k=k, tool=tool,
                                      score_fn=interventions.reward_fn(cfg.verifiers, judges))
-    _, metrics = score(samples, outs, cfg.verifiers, judges)
+    _, metrics = score(outs, cfg.verifiers, judges)
     return summarize([record(o.sample, o, m, cfg.verifiers.confidence_threshold) for o, m in zip(outs, metrics)])
 
 
@@ -147,7 +147,7 @@ def public_benchmark(bundle, cfg, args) -> dict:
     print(f"{args.bench}: {info['n_samples']} prompts from {info['path']} ({info['layout']}); "
           f"skipped: {info['skipped'] or 'none'}")
     outs = rollout.generate(bundle, samples, cfg.data, cfg.rollout, greedy=True)
-    _, metrics = score(samples, outs, cfg.verifiers)
+    _, metrics = score(outs, cfg.verifiers)
     result = {"bench": args.bench, "model": args.model, "info": info,
               "summary": benchmarks.metrics(args.bench, samples, [o.text for o in outs], metrics)}
     print(json.dumps({k: v for k, v in result["summary"].items() if not isinstance(v, dict)}, indent=2))

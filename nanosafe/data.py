@@ -115,6 +115,12 @@ def encode_prompt(bundle, sample: dict, dcfg) -> dict:
             "pixel_values": vision.get("pixel_values"), "image_grid_thw": vision.get("image_grid_thw")}
 
 
+def end_of_turn_id(tokenizer) -> int:
+    """Qwen's `<|im_end|>` where the tokenizer has it as one token, else its eos token."""
+    ids = tokenizer("<|im_end|>", add_special_tokens=False)["input_ids"]
+    return ids[0] if len(ids) == 1 else tokenizer.eos_token_id
+
+
 def encode_response(tokenizer, response: str, end: bool = True) -> tuple[list[int], list[int]]:
     """Response text -> (ids, loss mask); tool results get mask 0. `end` appends end-of-turn."""
     ids, mask = [], []
@@ -125,8 +131,7 @@ def encode_response(tokenizer, response: str, end: bool = True) -> tuple[list[in
         ids += p_ids
         mask += [0 if TOOL_SPAN.fullmatch(part) else 1] * len(p_ids)
     if end:
-        ids.append(tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tokenizer.get_vocab()
-                   else tokenizer.eos_token_id)
+        ids.append(end_of_turn_id(tokenizer))
         mask.append(1)
     return ids, mask
 

@@ -53,7 +53,7 @@ def _token_id(tokenizer, text: str) -> int | None:
 def generate(bundle, samples: list[dict], dcfg, rcfg, n: int = 1, greedy: bool = False,
              tool=None, prompts: list[dict] | None = None) -> list[Rollout]:
     tok, model = bundle.tokenizer, bundle.model
-    eos = _token_id(tok, "<|im_end|>") or tok.eos_token_id
+    eos = data.end_of_turn_id(tok)
     pad = tok.pad_token_id
     close = _token_id(tok, "</search>") if tool is not None else None
     stop_strings = ["</search>"] if tool is not None and close is None else None
