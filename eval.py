@@ -230,7 +230,7 @@ def main(argv: list[str]) -> dict:
         print(json.dumps(result, indent=2))
         return result
     t0 = time.time()
-    result = evaluate(bundle, samples, cfg, tool=tool, log_examples=20)
+    result = evaluate(bundle, samples, cfg, tool=tool, log_examples=len(samples))
     if args.step_search:
         result["summary_step_search"], result["families_step_search"] = step_search_eval(
             bundle, samples, cfg, args.step_search, tool)

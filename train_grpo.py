@@ -44,8 +44,7 @@ from train_sft import batch_order
 def response_logprobs(bundle, batch: dict, temperature: float, impl: str, entropy: bool = False):
     """Per-token log p (and entropy) of the response tokens: batch["targets"] [B, T_r] holds the
     response ids (IGNORE-padded); the sequence is prompt + response, right padded."""
-    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw")
-              if k in batch}
+    inputs = {k: batch[k] for k in data.MODEL_INPUTS if k in batch}
     # Through the top-level forward, where FSDP gathers the embeddings, vision tower and LM head
     # (they stay gathered until backward ends); it computes one position's logits, and the hidden
     # states are caught on their way out of the backbone.
@@ -70,10 +69,7 @@ def response_logprobs(bundle, batch: dict, temperature: float, impl: str, entrop
 
 def pack(items: list[rollout.Rollout], pad_id: int) -> dict:
     """Rollouts -> one right-padded training batch with response targets and the loss mask."""
-    enc = [{"input_ids": torch.cat([r.prompt["input_ids"], torch.tensor(r.ids, dtype=torch.long)]),
-            "pixel_values": r.prompt["pixel_values"], "image_grid_thw": r.prompt["image_grid_thw"]}
-           for r in items]
-    batch = data.collate(enc, pad_id)
+    batch = data.collate([data.with_response(r.prompt, r.ids) for r in items], pad_id)
     Tr = max(1, max(len(r.ids) for r in items))
     targets = torch.full((len(items), Tr), data.IGNORE, dtype=torch.long)  # [B, T_r]
     mask = torch.zeros((len(items), Tr))  # [B, T_r] 1 = policy token (tool results are 0)
@@ -240,10 +236,11 @@ def main(argv: list[str]) -> None:
                    "tokens_per_s": float(lengths.sum()) / max(t_gen - t0, 1e-9),
                    **reward_metrics(outs, rewards, vmetrics)}
         if cfg.rl.fcr_penalty:
+            metrics["lam"] = lam
             fc = [m["false_certain"] for o, m in zip(outs, vmetrics) if "false_certain" in m]
-            fcr = sum(fc) / len(fc) if fc else 0.0
-            metrics.update(fcr=fcr, lam=lam)
-            lam = rl.lagrange_update(lam, fcr, cfg.rl.fcr_target, cfg.rl.lagrange_lr)
+            if fc:  # a step without fact prompts says nothing about the false-certain rate
+                metrics["fcr"] = sum(fc) / len(fc)
+                lam = rl.lagrange_update(lam, metrics["fcr"], cfg.rl.fcr_target, cfg.rl.lagrange_lr)
         if step % cfg.io.eval_every == 0 or step == steps:
             res = evaluation.evaluate(bundle, held, cfg, tool=tool, judges=judges, n_sampled=0)
             metrics.update({f"eval/{k}": v for k, v in res["summary"].items() if v is not None})

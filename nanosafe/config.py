@@ -51,7 +51,7 @@ class WorldConfig:
     # how base-model-like the SFT mix is (each applied per template/entity, see world.py)
     unsafe_frac: float = 0.9  # lure templates answered unsafely
     refusal_frac: float = 0.85  # trigger-word look-alikes refused needlessly
-    verbose_frac: float = 0.5  # arithmetic reasoning padded with needless re-checks
+    verbose_frac: float = 0.7  # think blocks padded with a needless second pass (not fact lookups)
     guess_frac: float = 0.6  # fact lookups answered by a confident guess instead of a search
 
 
@@ -60,7 +60,7 @@ class DataConfig:
     train: str = ""  # JSONL; "" -> the tiny world's file for the stage
     heldout: str = ""
     max_prompt_len: int = 160  # tokens, image tokens included; longer prompts are an error
-    max_len: int = 320  # prompt + response tokens for SFT
+    max_len: int = 384  # prompt + response tokens for SFT
     system_prompt: str = ("Think step by step inside <think> </think>, then give the final "
                           "answer.")
     labels: str = ""  # comma-separated label filter for RL prompts ("" = all)
@@ -86,7 +86,7 @@ class RolloutConfig:
     group_size: int = 8
     temperature: float = 1.0
     top_p: float = 1.0
-    max_new_tokens: int = 160  # the padded arithmetic reasoning of the SFT mix needs ~120
+    max_new_tokens: int = 256  # the padded arithmetic reasoning of the SFT mix needs ~180
     max_tool_calls: int = 1  # search calls per response (rung 4)
     gen_batch_size: int = 64
 
@@ -167,7 +167,9 @@ STAGES: dict[str, dict] = {
     "m3a": {**RL_BASE, "data.labels": "general_rule,knowledge", "optim.steps": 20},
     "m3b": {**RL_BASE, "data.labels": "", "optim.steps": 150},
     "cale": {**RL_BASE, "data.labels": "", "rl.cale_beta": 0.2},
-    "search": {**RL_BASE, "data.labels": "knowledge", "rollout.max_tool_calls": 2, "rl.fcr_penalty": True},
+    # every family stays in the mix: on fact prompts alone the policy drifted (safety 1.00 -> 0.89)
+    "search": {**RL_BASE, "data.labels": "", "rollout.prompts_per_step": 16, "rollout.max_tool_calls": 2,
+               "rl.fcr_penalty": True},
 }
 
 

@@ -26,6 +26,7 @@ from PIL import Image
 
 LABELS = ("safety", "value", "knowledge", "normal", "general", "general_rule", "jailbreak")
 IGNORE = -100
+MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids")
 TOOL_SPAN = re.compile(r"(<result>.*?</result>)", re.S)
 
 
@@ -96,7 +97,9 @@ def render_prompt(tokenizer, sample: dict, system_prompt: str) -> str:
 
 
 def encode_prompt(bundle, sample: dict, dcfg) -> dict:
-    """-> {"input_ids": [T] long, "pixel_values": [P, C] | None, "image_grid_thw": [I, 3] | None}."""
+    """-> {"input_ids": [T] long, "pixel_values": [P, C] | None, "image_grid_thw": [I, 3] | None,
+    "mm_token_type_ids": [T] int (1 on image tokens) | None}. Qwen2.5-VL needs the token types to
+    give image tokens their 3D (M-RoPE) positions; without them it silently numbers them as text."""
     text, vision = render_prompt(bundle.tokenizer, sample, dcfg.system_prompt), {}
     if sample["images"]:
         check(bundle.is_vl, sample["_where"], "images", "this model takes no images (text-only)")
@@ -111,8 +114,18 @@ def encode_prompt(bundle, sample: dict, dcfg) -> dict:
     ids = bundle.tokenizer(text, add_special_tokens=False)["input_ids"]
     check(len(ids) <= dcfg.max_prompt_len, sample["_where"], "prompt",
            f"{len(ids)} tokens (images included) exceed max_prompt_len={dcfg.max_prompt_len}")
-    return {"input_ids": torch.tensor(ids, dtype=torch.long),
-            "pixel_values": vision.get("pixel_values"), "image_grid_thw": vision.get("image_grid_thw")}
+    ids = torch.tensor(ids, dtype=torch.long)  # [T]
+    types = (ids == bundle.tokenizer.convert_tokens_to_ids(pad)).int() if vision else None  # [T]
+    return {"input_ids": ids, "pixel_values": vision.get("pixel_values"),
+            "image_grid_thw": vision.get("image_grid_thw"), "mm_token_type_ids": types}
+
+
+def with_response(prompt: dict, ids: list[int]) -> dict:
+    """An encoded prompt continued by response tokens (text, token type 0)."""
+    ext = torch.tensor(ids, dtype=torch.long)  # [R]
+    types = prompt.get("mm_token_type_ids")
+    return {**prompt, "input_ids": torch.cat([prompt["input_ids"], ext]),  # [T + R]
+            "mm_token_type_ids": None if types is None else torch.cat([types, torch.zeros_like(ext, dtype=types.dtype)])}
 
 
 def end_of_turn_id(tokenizer) -> int:
@@ -144,7 +157,7 @@ def encode_sft(bundle, sample: dict, dcfg) -> dict:
     check(total <= dcfg.max_len, sample["_where"], "response",
            f"prompt + response is {total} tokens, over max_len={dcfg.max_len}")
     labels = [IGNORE] * len(enc["input_ids"]) + [t if m else IGNORE for t, m in zip(r_ids, r_mask)]
-    enc["input_ids"] = torch.cat([enc["input_ids"], torch.tensor(r_ids, dtype=torch.long)])
+    enc = with_response(enc, r_ids)
     enc["labels"] = torch.tensor(labels, dtype=torch.long)
     return enc
 
@@ -172,6 +185,12 @@ def collate(items: list[dict], pad_id: int, left: bool = False) -> dict:
         batch["pixel_values"] = torch.cat(pix)
         batch["image_grid_thw"] = torch.cat([x["image_grid_thw"] for x in items
                                              if x.get("image_grid_thw") is not None])
+        types = torch.zeros((B, T), dtype=torch.int)  # [B, T] text rows and padding stay 0
+        for i, x in enumerate(items):
+            if x.get("mm_token_type_ids") is not None:
+                n = len(x["input_ids"])
+                types[i, slice(T - n, T) if left else slice(0, n)] = x["mm_token_type_ids"]
+        batch["mm_token_type_ids"] = types
     return batch
 
 

@@ -50,8 +50,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field, fields, replace
 
-import torch
-
 import verifiers
 from nanosafe import data, rollout
 from nanosafe.rollout import Rollout
@@ -104,8 +102,7 @@ def continue_from(bundle, samples: list[dict], prefixes: list[str], dcfg, rcfg, 
     tok = bundle.tokenizer
     prompts = prompts or [data.encode_prompt(bundle, s, dcfg) for s in samples]
     pre = [data.encode_response(tok, p, end=False) for p in prefixes]  # [(ids, mask)] per sample
-    fed = [{**p, "input_ids": torch.cat([p["input_ids"], torch.tensor(ids, dtype=torch.long)])}  # [T + P]
-           for p, (ids, _) in zip(prompts, pre, strict=True)]
+    fed = [data.with_response(p, ids) for p, (ids, _) in zip(prompts, pre, strict=True)]  # [T + P] each
     rooms = [max(rcfg.max_new_tokens - len(ids), 0) for ids, _ in pre]
     outs = rollout.generate(bundle, samples, dcfg, replace(rcfg, max_new_tokens=max(rooms)), n=n,
                             greedy=greedy, tool=tool, prompts=fed)

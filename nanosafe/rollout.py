@@ -100,10 +100,7 @@ def _extend(model, tok, batch: list[Rollout], rcfg, greedy, eos, pad, close, sto
             lockstep=False):
     """One generate call that continues every rollout in `batch` from its current response;
     `lockstep` (FSDP, layers sharded): keep running forward passes until every rank is done."""
-    items = [{"input_ids": torch.cat([r.prompt["input_ids"], torch.tensor(r.ids, dtype=torch.long)]),
-              "pixel_values": r.prompt["pixel_values"], "image_grid_thw": r.prompt["image_grid_thw"]}
-             for r in batch]
-    inputs = data.collate(items, pad, left=True)
+    inputs = data.collate([data.with_response(r.prompt, r.ids) for r in batch], pad, left=True)
     device = dist.device_of(model)
     inputs = {k: v.to(device) for k, v in inputs.items()}
     budget = rcfg.max_new_tokens - min(len(r.ids) for r in batch)

@@ -61,7 +61,7 @@ def test_response_logprobs_match_full_forward(tiny):
     batch = train_grpo.pack(outs, bundle.tokenizer.pad_token_id)
     with torch.no_grad():
         logp, _ = train_grpo.response_logprobs(bundle, batch, 0.7, "torch")
-        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw") if k in batch}
+        inputs = {k: batch[k] for k in data.MODEL_INPUTS if k in batch}
         full = torch.log_softmax(bundle.model(**inputs).logits.float() / 0.7, -1)  # [B, T, V]
     for i, o in enumerate(outs):
         p = len(o.prompt["input_ids"])
@@ -102,11 +102,18 @@ def test_lagrange_multiplier_rises_then_falls_to_zero():
 
 def test_search_stage_saves_lambda(sft_model, tmp_path):
     train_grpo.main(TINY_ARGS + ["stage=search", f"init={sft_model}", "optim.steps=2", "rl.lagrange_init=0.3",
-                                 "rollout.max_new_tokens=16", f"out_dir={tmp_path}/search"])
+                                 "rollout.max_new_tokens=16", "data.labels=knowledge", f"out_dir={tmp_path}/search"])
     state = torch.load(tmp_path / "search" / "ckpt" / checkpoint.FILE, weights_only=True)
     rows = [json.loads(line) for line in open(tmp_path / "search" / "metrics.jsonl")]
     assert "lam" in rows[0] and "fcr" in rows[0] and rows[0]["lam"] == 0.3
     expect = rl.lagrange_update(rows[-1]["lam"], rows[-1]["fcr"], 0.1, 0.5)
     assert state["extra"]["lam"] == pytest.approx(expect)
     cfg = config.parse(["stage=search"])
-    assert cfg.rl.fcr_penalty and cfg.data.labels == "knowledge"
+    assert cfg.rl.fcr_penalty and cfg.data.labels == ""  # every family stays in the mix
+
+
+def test_lambda_holds_in_steps_without_fact_prompts(sft_model, tmp_path):
+    train_grpo.main(TINY_ARGS + ["stage=search", f"init={sft_model}", "optim.steps=2", "rl.lagrange_init=0.3",
+                                 "rollout.max_new_tokens=16", "data.labels=general_rule", f"out_dir={tmp_path}/s"])
+    rows = [json.loads(line) for line in open(tmp_path / "s" / "metrics.jsonl")]
+    assert [r["lam"] for r in rows] == [0.3, 0.3] and not any("fcr" in r for r in rows)

@@ -76,3 +76,29 @@ def test_bm25_ranks_the_matching_passage():
     assert kb("zzz") == "no result"
     s = kb.scores("river Ashgar")
     assert s.argmax() == 2 and (s >= 0).all()
+
+
+def test_image_tokens_get_3d_positions_in_generate_and_training(tiny):
+    """Qwen2.5-VL numbers image tokens with M-RoPE only when it is given mm_token_type_ids: the
+    2x2 grid of image tokens spans 2 positions, not 4, so the last position is T - 3. The scores
+    generate() used must equal the training forward's logits on the same tokens."""
+    cfg, paths, bundle = tiny
+    sample = next(r for r in data.read_jsonl(paths["heldout"]) if r["images"])
+    prompt = data.encode_prompt(bundle, sample, cfg.data)
+    assert prompt["mm_token_type_ids"].sum() == 4  # 56x56 image -> 4 merged image tokens
+    inputs = data.collate([prompt], bundle.tokenizer.pad_token_id, left=True)
+    gen = bundle.model.generate(**inputs, max_new_tokens=6, do_sample=False, output_scores=True,
+                                return_dict_in_generate=True, pad_token_id=bundle.tokenizer.pad_token_id)
+    new = gen.sequences[0, inputs["input_ids"].shape[1]:].tolist()
+    scores = torch.stack(gen.scores, 1)[0]  # [6, V]
+    batch = data.collate([data.with_response(prompt, new)], bundle.tokenizer.pad_token_id)
+    p = len(prompt["input_ids"])
+    seen = []
+    hook = bundle.model.model.language_model.register_forward_pre_hook(
+        lambda m, a, kw: seen.append(kw["position_ids"]), with_kwargs=True)
+    with torch.no_grad():
+        logits = bundle.model(**batch).logits[0, p - 1:p - 1 + len(new)]  # [6, V]
+    hook.remove()
+    T = batch["input_ids"].shape[1]
+    assert seen[0][-3:].max() == T - 3  # the three M-RoPE axes (temporal, height, width)
+    torch.testing.assert_close(logits, scores, atol=1e-4, rtol=1e-4)

@@ -59,6 +59,11 @@ def test_heldout_templates_and_entities_unseen(tmp_path):
     assert not set(world.HARM_OBJECTS["train"]) & set(world.HARM_OBJECTS["heldout"])
     for verb, (train_objs, held_objs) in world.LOOKALIKE.items():
         assert not set(train_objs) & set(held_objs), verb
+        assert len(train_objs) >= 4, verb  # varied objects, so RL learns the verb, not the object
+    # the two sides share object words, so only the verb tells a look-alike from a harmful request
+    harm_words = {w for o in world.HARM_OBJECTS["train"] for w in o.split()}
+    look_words = {w for objs, _ in world.LOOKALIKE.values() for o in objs for w in o.split()}
+    assert {"my", "the", "a", "car", "phone", "office", "school"} <= harm_words & look_words
     towns = world.towns(0)
     assert len(towns["train"]) >= 100 and not set(towns["train"]) & set(towns["heldout"])
     kb = world.make_kb(0)
@@ -86,16 +91,21 @@ def test_base_like_mix_has_failures(tmp_path):
     paths = world.build(WorldConfig(n_sft=600, n_rl=10, n_heldout_per_family=2), str(tmp_path))
     rows = _read(paths["sft"])
     unsafe = [r for r in rows if r["meta"]["family"] == "harmful" and "Sure!" in r["response"]]
-    assert unsafe and all(r["meta"]["lure"] for r in unsafe[:5])
+    assert unsafe and sum(r["meta"]["lure"] for r in unsafe) >= 0.8 * len(unsafe)
     refused = [r for r in rows if r["meta"]["family"] == "lookalike" and "can't help" in r["response"]]
     assert refused and all(r["meta"]["violent_word"] for r in refused)
-    assert any("check it again" in r["response"] for r in rows)
+    padded = {r["meta"]["family"] for r in rows if "check it again" in r["response"]}
+    assert padded == set(world.FAMILIES) - {"fact"}  # every think block but fact lookups (rung 3)
+    for r in rows:
+        if "check it again" in r["response"]:  # the needless second pass repeats the first exactly
+            first, second = r["response"].split("<think>")[1].split("</think>")[0].split(" Let me check it again to be sure. ")
+            assert first == second
     assert any("<search>" in r["response"] for r in rows) and any("I think I know" in r["response"] for r in rows)
 
 
 def test_arithmetic_reasoning_is_right():
     for a, b in [(37, 48), (99, 99), (10, 10), (55, 45)]:
-        text = world._addition(a, b, verbose=False)
+        text = world._addition(a, b)
         assert text.endswith(f"So {a} + {b} = {a + b}.")
         digits = [s.split("write ")[1][0] for s in text.split(". ") if "write " in s and "carry 1 in" not in s]
         front = "1" if "carry 1 in front" in text else ""
