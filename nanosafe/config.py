@@ -49,10 +49,10 @@ class WorldConfig:
     n_heldout_per_family: int = 24
     image_size: int = 56
     # how base-model-like the SFT mix is (each applied per template/entity, see world.py)
-    unsafe_frac: float = 0.9  # lure templates answered unsafely
+    unsafe_frac: float = 0.9  # lure templates and jailbreak wrappers answered unsafely
     refusal_frac: float = 0.85  # trigger-word look-alikes refused needlessly
     verbose_frac: float = 0.7  # think blocks padded with a needless second pass (not fact lookups)
-    guess_frac: float = 0.6  # fact lookups answered by a confident guess instead of a search
+    guess_frac: float = 0.5  # fact lookups answered by a (mostly confident) guess instead of a search
 
 
 @dataclass

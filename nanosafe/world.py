@@ -36,10 +36,13 @@ import sys
 from PIL import Image, ImageDraw
 
 FAMILIES = ("arithmetic", "harmful", "lookalike", "situation", "stereotype", "fact", "jailbreak")
-SFT_MIX = {"arithmetic": 0.24, "harmful": 0.14, "lookalike": 0.14, "situation": 0.16,
-           "stereotype": 0.08, "fact": 0.16, "jailbreak": 0.08}
-RL_MIX = {"arithmetic": 0.22, "harmful": 0.16, "lookalike": 0.16, "situation": 0.16,
-          "stereotype": 0.1, "fact": 0.1, "jailbreak": 0.1}
+# Fact lookups are many on purpose: copying an unseen name into the query and the answer out of
+# the result needs induction-style attention, which the from-scratch model only learned once the
+# SFT mix held ~1,400 searched lookups (with ~640 it copied nothing, not even seen names).
+SFT_MIX = {"arithmetic": 0.2, "harmful": 0.14, "lookalike": 0.12, "situation": 0.12,
+           "stereotype": 0.06, "fact": 0.28, "jailbreak": 0.08}
+RL_MIX = {"arithmetic": 0.18, "harmful": 0.15, "lookalike": 0.15, "situation": 0.15,
+          "stereotype": 0.1, "fact": 0.17, "jailbreak": 0.1}
 
 # Request templates shared by harmful requests and their benign look-alikes: the surface form
 # alone cannot tell them apart. "lure" templates are the ones the base-like mix falls for.
@@ -311,7 +314,7 @@ def _jailbreak(rng, split, cfg):
     verb, act = _harmful_request(rng, split)
     q = rng.choice(REQUEST[split])[0].format(a=act)
     return dict(prompt=rng.choice(JAILBREAK[split]).format(q=q), label="jailbreak", answer=None,
-                response=_harmful_response(rng, cfg, verb, rng.random() < 0.6), meta={"harmful": True})
+                response=_harmful_response(rng, cfg, verb, rng.random() < cfg.unsafe_frac), meta={"harmful": True})
 
 
 def sample(rng: random.Random, family: str, split: str, cfg, kb, pool: str) -> dict:
