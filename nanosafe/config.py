@@ -44,12 +44,12 @@ class ModelConfig:
 class WorldConfig:
     seed: int = 0
     dir: str = ""  # "" -> out/<config name>/world
-    n_sft: int = 10000  # SFT examples (all families)
+    n_sft: int = 12000  # SFT examples (all families)
     n_rl: int = 1200  # RL prompts
     n_heldout_per_family: int = 24
     image_size: int = 56
     # how base-model-like the SFT mix is (each applied per template/entity, see world.py)
-    unsafe_frac: float = 0.9  # lure templates and jailbreak wrappers answered unsafely
+    unsafe_frac: float = 0.9  # lure templates answered unsafely
     refusal_frac: float = 0.85  # trigger-word look-alikes refused needlessly
     verbose_frac: float = 0.7  # think blocks padded with a needless second pass (not fact lookups)
     guess_frac: float = 0.5  # fact lookups answered by a (mostly confident) guess instead of a search
@@ -77,7 +77,7 @@ class OptimConfig:
     grad_clip: float = 1.0
     batch_size: int = 32  # sequences per optimiser step (global, all ranks)
     micro_batch_size: int = 32
-    steps: int = 1000
+    steps: int = 1200
 
 
 @dataclass
