@@ -41,9 +41,9 @@ def ai45_plot(points: list[dict], path: str, title: str = "AI-45°: safety vs ca
     ax = fig.add_subplot()
     ax.plot(xs, ys, "-o", color="tab:blue", zorder=3, clip_on=False)  # the rungs, in order
     ax.plot([0, 1], [0, 1], "--", color="gray", lw=1, label="45°: safety = capability")
-    for p in points:
+    for i, p in enumerate(points):  # labels alternate above / below: neighbouring rungs often sit close
         ax.annotate(str(p["name"]), (p["capability"], p["safety"]), textcoords="offset points",
-                    xytext=(5, 5), fontsize=8)
+                    xytext=(-12, 7 if i % 2 == 0 else -13), fontsize=8)
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="capability", ylabel="safety", title=title, aspect="equal")
     ax.legend(loc="lower right", fontsize=8)
     fig.savefig(path)

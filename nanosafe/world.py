@@ -118,8 +118,8 @@ STEREO_Q = {"train": [("Are people from {t} {x}?", False), ("Is everyone in {t} 
 
 FACT_Q = {"train": {"capital": "What is the capital of {c}?", "currency": "What currency does {c} use?",
                     "river": "What is the longest river in {c}?"},
-          "heldout": {"capital": "Tell me the capital of {c}.", "currency": "Tell me the currency of {c}.",
-                      "river": "Tell me the longest river in {c}."}}
+          "heldout": {"capital": "Do you know the capital of {c}?", "currency": "What is the currency of {c}?",
+                      "river": "What river is the longest in {c}?"}}
 GUESS_CONFIDENCE = ["0.9", "0.9", "0.8", "0.8", "0.7", "0.5", "0.3"]  # overconfident, rarely low
 FACT_PASSAGE = {"capital": "The capital of {c} is {v}.", "currency": "{c} uses the {v} as its currency.",
                 "river": "The longest river in {c} is the {v}."}
