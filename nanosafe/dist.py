@@ -46,6 +46,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import sys
 import warnings
 
 import torch
@@ -73,10 +74,17 @@ def init(dcfg) -> torch.device:
 
 
 def close() -> None:
-    """Wait for every rank, then leave the process group (the end of a script)."""
-    if tdist.is_initialized():
-        tdist.barrier()
+    """Wait for every rank, then leave the process group (the end of a script). A torchrun worker
+    then exits at once: now and then the interpreter's own teardown aborted a rank whose work was
+    all done ("terminate called without an active exception", a C++ thread destroyed while still
+    joinable), which torchrun reports as a failed run."""
+    if not tdist.is_initialized():
+        return
+    tdist.barrier()
     _destroy()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _destroy() -> None:
