@@ -39,7 +39,7 @@ from PIL import Image, ImageDraw
 FAMILIES = ("arithmetic", "harmful", "lookalike", "situation", "stereotype", "fact", "jailbreak")
 # Fact lookups are many on purpose: copying an unseen name into the query and the answer out of
 # the result needs induction-style attention, which the from-scratch model only learned once the
-# SFT mix held ~1,400 searched lookups (with ~640 it copied nothing, not even seen names).
+# SFT mix held ~1,500 searched lookups (with ~640 it copied nothing, not even seen names).
 SFT_MIX = {"arithmetic": 0.2, "harmful": 0.13, "lookalike": 0.12, "situation": 0.14,
            "stereotype": 0.06, "fact": 0.28, "jailbreak": 0.07}
 RL_MIX = {"arithmetic": 0.18, "harmful": 0.15, "lookalike": 0.15, "situation": 0.15,
