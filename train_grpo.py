@@ -237,7 +237,7 @@ def main(argv: list[str]) -> None:
                    **reward_metrics(outs, rewards, vmetrics)}
         if cfg.rl.fcr_penalty:
             metrics["lam"] = lam
-            fc = [m["false_certain"] for o, m in zip(outs, vmetrics) if "false_certain" in m]
+            fc = [m["false_certain"] for m in vmetrics if "false_certain" in m]
             if fc:  # a step without fact prompts says nothing about the false-certain rate
                 metrics["fcr"] = sum(fc) / len(fc)
                 lam = rl.lagrange_update(lam, metrics["fcr"], cfg.rl.fcr_target, cfg.rl.lagrange_lr)

@@ -123,9 +123,10 @@ def encode_prompt(bundle, sample: dict, dcfg) -> dict:
 def with_response(prompt: dict, ids: list[int]) -> dict:
     """An encoded prompt continued by response tokens (text, token type 0)."""
     ext = torch.tensor(ids, dtype=torch.long)  # [R]
-    types = prompt.get("mm_token_type_ids")
-    return {**prompt, "input_ids": torch.cat([prompt["input_ids"], ext]),  # [T + R]
-            "mm_token_type_ids": None if types is None else torch.cat([types, torch.zeros_like(ext, dtype=types.dtype)])}
+    types = prompt.get("mm_token_type_ids")  # [T] or None (no image)
+    if types is not None:
+        types = torch.cat([types, torch.zeros_like(ext, dtype=types.dtype)])  # [T + R]
+    return {**prompt, "input_ids": torch.cat([prompt["input_ids"], ext]), "mm_token_type_ids": types}
 
 
 def end_of_turn_id(tokenizer) -> int:
