@@ -176,7 +176,13 @@ def parse_args(argv: list[str]):
     p.add_argument("--edit-step", type=int, help="scripted edit: the step to replace (from 0)")
     p.add_argument("--edit-text", help="scripted edit: the new text of that step")
     p.add_argument("--id", help="the sample to edit (default: the first)")
-    return p.parse_known_args(argv)
+    args, rest = p.parse_known_args(argv)
+    # `--model A B key=value` would read key=value as a third model: it is a config override
+    rest += [m for m in args.model if "=" in m]
+    args.model = [m for m in args.model if "=" not in m]
+    if not args.model:
+        p.error("--model needs a model directory")
+    return args, rest
 
 
 def compare(args, rest) -> dict:

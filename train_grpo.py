@@ -221,8 +221,9 @@ def main(argv: list[str]) -> None:
         stats = rl_step(bundle, ref, opt, sched, outs, adv.float(), cfg, impl)
         t_upd = time.time()
         # the metrics and lam cover the whole step: every rank's responses
-        outs, vmetrics, rewards = zip(*dist.gather_objects(
-            [(dataclasses.replace(o, prompt=None), m, r) for o, m, r in zip(outs, vmetrics, rewards.tolist())]))
+        outs, vmetrics, rewards, adv = zip(*dist.gather_objects(
+            [(dataclasses.replace(o, prompt=None), m, r, a)
+             for o, m, r, a in zip(outs, vmetrics, rewards.tolist(), adv.tolist())]))
         rewards = torch.tensor(rewards)
         lengths = torch.tensor([sum(o.mask) for o in outs], dtype=torch.float32)
         step += 1
@@ -248,6 +249,9 @@ def main(argv: list[str]) -> None:
                                                      if isinstance(v, float)))
         if step % cfg.io.log_every == 0 or step == steps:
             logger.log(step, metrics, show=("reward", "kl", "clip_frac", "response_len"))
+        if cfg.io.log_rollouts:
+            logger.samples(step, [{"id": o.sample["id"], "text": o.text, "reward": r, "adv": a}
+                                  for o, r, a in zip(outs, rewards.tolist(), adv)])
         logger.advance()
         if step % cfg.io.save_every == 0 or step == steps:
             checkpoint.save(ckpt_dir, bundle.model, opt, sched, step, {"lam": lam})

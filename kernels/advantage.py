@@ -2,7 +2,7 @@
 Group advantage + CALE length term as one Triton kernel: one program per prompt group.
 
 The formulas and every choice (groups of one and all-equal groups give 0, unbiased std, eps,
-CALE's good set, the floor that keeps good responses at or above bad ones) are those of
+CALE's good set and its one-sided length bonus) are those of
 nanosafe.rl.group_advantages - see nanosafe/rl.py, the single source of truth; this file only
 maps them onto a kernel and is tested against it. Statistics are in float32, or float64 when the
 rewards are float64; eps, beta and tau travel in that dtype too, so `R >= tau` compares exactly
@@ -47,10 +47,9 @@ def _adv_kernel(r_ptr, len_ptr, par_ptr, out_ptr, G, STD: tl.constexpr, CALE: tl
         dc = tl.where(good, L - mean_c, 0.0)
         std_c = tl.sqrt(tl.sum(dc * dc, 0) / tl.maximum(n_good - 1.0, 1.0))
         spread = tl.max(tl.where(good, L, float("-inf")), 0) > tl.min(tl.where(good, L, float("inf")), 0)
-        a_len = tl.where(good, -(L - mean_c) / (std_c + eps), 0.0)  # [BG]
+        a_len = tl.where(good, tl.maximum(-(L - mean_c) / (std_c + eps), 0.0), 0.0)  # [BG]
         a_len = tl.where(spread & (n_good >= 2), a_len, 0.0)
-        best_bad = tl.max(tl.where(ok & (~good), adv, float("-inf")), 0)
-        adv = tl.where(good, tl.maximum(adv + beta * a_len, best_bad), adv)
+        adv = adv + beta * a_len
     tl.store(out_ptr + base + offs, adv, mask=ok)
 
 

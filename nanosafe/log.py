@@ -1,4 +1,5 @@
-"""metrics.jsonl (one JSON object per step) and the progress bar, printed by rank 0 only."""
+"""metrics.jsonl (one JSON object per step), samples.jsonl (the rollouts, when asked for) and the
+progress bar; rank 0 only."""
 from __future__ import annotations
 
 import json
@@ -12,11 +13,13 @@ class Logger:
                  progress: bool = True):
         self.enabled = enabled
         self.path = os.path.join(out_dir, "metrics.jsonl")
-        if enabled and os.path.exists(self.path):  # a resumed run replays the steps after its checkpoint
-            with open(self.path) as f:
-                rows = [line for line in f if json.loads(line).get("step", 0) <= start]
-            with open(self.path, "w") as f:
-                f.writelines(rows)
+        self.samples_path = os.path.join(out_dir, "samples.jsonl")
+        for path in (self.path, self.samples_path):
+            if enabled and os.path.exists(path):  # a resumed run replays the steps after its checkpoint
+                with open(path) as f:
+                    rows = [line for line in f if json.loads(line).get("step", 0) <= start]
+                with open(path, "w") as f:
+                    f.writelines(rows)
         self.bar = tqdm(total=total, initial=start, dynamic_ncols=True,
                         disable=not (enabled and progress))
 
@@ -28,6 +31,14 @@ class Logger:
             f.write(json.dumps(row) + "\n")
         if show:
             self.bar.set_postfix({k: f"{metrics[k]:.3g}" for k in show if k in metrics}, refresh=False)
+
+    def samples(self, step: int, rows: list[dict]) -> None:
+        """One JSON object per rollout, tagged with its step."""
+        if not self.enabled:
+            return
+        with open(self.samples_path, "a") as f:
+            for r in rows:
+                f.write(json.dumps({"step": step, **r}) + "\n")
 
     def advance(self, n: int = 1) -> None:
         self.bar.update(n)

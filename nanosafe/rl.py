@@ -10,8 +10,8 @@ Equations (per prompt group of G responses, per response token t)
   group advantage   A_i = (R_i - mean_g R) / (std_g R + eps)     std unbiased (G-1), eps = 1e-6
                     "none" (Dr.GRPO): A_i = R_i - mean_g R
   CALE              C = {i : R_i >= tau} (tau default: the group max); if |C| >= 2 and the
-                    lengths in C differ:  A_i^len = -(L_i - mean_C L) / (std_C L + eps), i in C
-                    A_i <- A_i + beta * A_i^len, then floored at the best advantage outside C
+                    lengths in C differ:  A_i^len = max(0, -(L_i - mean_C L) / (std_C L + eps)), i in C
+                    A_i <- A_i + beta * A_i^len
   ratio             logr_t = logp_t - logp_old_t,  r_t = exp(logr_t)
   CPGD              -clip_logp_t * A,  clip_logp_t = min(logp_t, logp_old_t + ln(1+eps_hi)) if A > 0
                                                      max(logp_t, logp_old_t + ln(1-eps_lo)) else
@@ -43,11 +43,15 @@ Choices, where well-known implementations differ
   (tested via max == min, not via a rounded R - mean).
 - Statistics in float32 at least (float64 when the rewards are float64), per prompt group,
   unbiased std, divided by (std + eps).
-- CALE is our reading of the paper (it names CALE without printing a formula). Length never lifts
-  a bad response above a good one: after adding beta*A^len, a good response's advantage is floored
-  at the best advantage outside C. Without the floor a near-tie (a bad reward just below tau) plus a
-  long good answer could invert the order. With the default tau (group max) an all-wrong group
-  has C = everyone and is length-shaped too; pass an absolute cale_tau (e.g. 1.0) to avoid that.
+- CALE is our reading of the paper (it names CALE without printing a formula). It only ever adds:
+  a shorter-than-average good response gets a bonus, a longer one keeps its advantage. DESIGN §4
+  has the two-sided term, which gives a long *correct* answer a negative advantage. On the tiny
+  world that pushed down the correct digit facts in the long answer's second pass and flipped some
+  of them ("8 + 3 = 10"): 200 held-out sums went 0.97 -> 0.91 with the two-sided term and 0.97 ->
+  0.95 with this one, for the same 40 % shorter answers. Adding only to good responses also means
+  length can never lift a bad response above a good one, with no floor to enforce it. With the
+  default tau (group max) an all-wrong group has C = everyone and its short answers get the bonus
+  too; pass an absolute cale_tau (e.g. 1.0) to avoid that.
 - token-mean divides by the valid tokens of the whole optimiser step (all micro-batches, all ranks),
   never a mean of per-micro-batch means; seq-mean-token-mean averages per-sequence token means over
   the non-empty sequences of the step (an empty one is skipped, never NaN); seq-mean-token-sum-norm
@@ -111,12 +115,9 @@ def group_advantages(rewards, group_size, norm="std", eps=1e-6, lengths=None, ca
     var_c = (((L - mean_c) * good) ** 2).sum(1, keepdim=True) / (n_good - 1).clamp(min=1)
     spread = (L.masked_fill(~good, -math.inf).amax(1, keepdim=True)
               > L.masked_fill(~good, math.inf).amin(1, keepdim=True))  # lengths in C differ
-    a_len = -(L - mean_c) / (var_c.sqrt() + eps)  # [n, G]
+    a_len = (-(L - mean_c) / (var_c.sqrt() + eps)).clamp(min=0)  # [n, G]
     a_len = torch.where(good & spread & (n_good >= 2), a_len, torch.zeros_like(a_len))
-    # the floor that keeps every good response at or above every bad one
-    best_bad = adv.masked_fill(good, -math.inf).amax(1, keepdim=True)  # [n, 1]
-    shaped = adv + cale_beta * a_len
-    return torch.where(good, torch.maximum(shaped, best_bad), adv).reshape(-1)
+    return (adv + cale_beta * a_len).reshape(-1)
 
 
 def kl_k3(logp, ref_logp, clamp=None):

@@ -46,10 +46,10 @@ def test_singleton_and_all_equal_groups_are_exactly_zero():
 
 def test_cale_by_hand():
     # R = [1, 1, 1, 0]: A = [0.25, 0.25, 0.25, -0.75] / (0.5 + 1e-6); good set C = first three.
-    # L in C = [10, 20, 30]: mean 20, unbiased std 10 -> A_len = [+1, 0, -1] * 10 / (10 + 1e-6)
+    # L in C = [10, 20, 30]: mean 20, unbiased std 10 -> A_len = max(0, [+1, 0, -1] * 10 / (10 + 1e-6))
     R, L = t([1.0, 1.0, 1.0, 0.0]), t([10.0, 20.0, 30.0, 5.0])
     A = group_advantages(R, 4, lengths=L, cale_beta=0.2)
-    assert A.tolist() == pytest.approx([0.699998980002002, 0.499999000002, 0.29999902000199796,
+    assert A.tolist() == pytest.approx([0.699998980002002, 0.499999000002, 0.499999000002,
                                         -1.499997000006], rel=1e-12)
     base = group_advantages(R, 4)
     # no CALE when beta = 0, when lengths in C are equal, or when |C| < 2
@@ -57,17 +57,21 @@ def test_cale_by_hand():
     assert torch.equal(group_advantages(R, 4, lengths=t([7.0, 7.0, 7.0, 1.0]), cale_beta=0.2), base)
     R1 = t([1.0, 0.0, 0.0, 0.0])
     assert torch.equal(group_advantages(R1, 4, lengths=L, cale_beta=0.2), group_advantages(R1, 4))
-    # an absolute tau: C = {R >= 0.5} = all but the last; same numbers as above
-    A = group_advantages(t([1.0, 0.5, 0.5, 0.0]), 4, lengths=L, cale_beta=0.2, cale_tau=0.5)
-    assert A[3] == group_advantages(t([1.0, 0.5, 0.5, 0.0]), 4)[3] and A[0] > A[1] > A[2]
+    # an absolute tau: C = {R >= 0.5} = all but the last; same length bonus as above
+    R2 = t([1.0, 0.5, 0.5, 0.0])
+    A, base2 = group_advantages(R2, 4, lengths=L, cale_beta=0.2, cale_tau=0.5), group_advantages(R2, 4)
+    assert A[3] == base2[3] and A[2] == base2[2] and A[1] == base2[1] and A[0] > base2[0]
 
 
-def test_cale_floor_on_a_near_tie():
-    # C = {0, 1} (R = 1); the best bad response has R = 0.99. Its advantage is only ~0.02 below
-    # the good ones, less than beta * |A_len| = 0.2 * 0.707: the long good answer is floored.
+def test_cale_only_adds_to_good_responses():
+    # an all-correct group (flat, group advantage 0): the short answers gain, the long ones stay
+    # at 0 - a correct answer is never pushed down for its length. The near-tie of the second
+    # group (a bad reward 0.01 below the good ones) keeps its order with no floor.
+    A = group_advantages(t([2.0] * 4), 4, lengths=t([40.0, 80.0, 120.0, 160.0]), cale_beta=0.2)
+    assert A[0] > A[1] > 0 and A[2] == A[3] == 0
     R = t([1.0, 1.0, 0.99, 0.0, 0.0, 0.0])
     A = group_advantages(R, 6, lengths=t([10.0, 100.0, 50.0, 5.0, 5.0, 5.0]), cale_beta=0.2)
-    assert A[1] == A[2] and A[0] > A[1]
+    assert A[1] == group_advantages(R, 6)[1] > A[2] and A[0] > A[1]
 
 
 def test_cale_never_ranks_bad_above_good():

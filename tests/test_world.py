@@ -123,3 +123,19 @@ def test_heldout_prompts_use_train_words(tmp_path):
     names = {n.lower() for n in [f["country"] for f in kb["heldout"]] + world.towns(0)["heldout"]}
     new = set().union(*(words(r["prompt"]) for r in _read(paths["heldout"]))) - train - names
     assert not new, new
+
+
+def test_every_lookup_query_finds_its_passage(tmp_path):
+    # the searched lookups of the SFT mix quote a passage; the search tool, asked the same query
+    # over the whole knowledge base, must return exactly that passage, or RL on fact prompts
+    # punishes a policy that searches right (a currency query once got the capital's passage)
+    import re
+    from nanosafe.search import SearchTool
+    paths = world.build(WorldConfig(n_sft=1500, n_rl=10, n_heldout_per_family=2), str(tmp_path))
+    tool = SearchTool.from_jsonl(paths["kb"])
+    lookups = [re.search(r"<search>(.*?)</search><result>(.*?)</result>", r["response"])
+               for r in _read(paths["sft"]) if r["meta"]["family"] == "fact"]
+    lookups = [m.groups() for m in lookups if m]
+    assert len({q.split(" of ")[0].split(" in ")[0] for q, _ in lookups}) == 3  # all three relations
+    for query, passage in lookups:
+        assert tool(query) == passage, query
