@@ -120,7 +120,10 @@ FACT_Q = {"train": {"capital": "What is the capital of {c}?", "currency": "What 
                     "river": "What is the longest river in {c}?"},
           "heldout": {"capital": "Do you know the capital of {c}?", "currency": "What is the currency of {c}?",
                       "river": "What river is the longest in {c}?"}}
-GUESS_CONFIDENCE = ["0.9", "0.9", "0.8", "0.8", "0.7", "0.5", "0.3"]  # overconfident, rarely low
+# a base model's stated confidence: mostly high and unrelated to whether the answer is right, for
+# a guess and a searched answer alike. Rung 4 must make it mean something; had every searched answer
+# said 0.9, RL would never sample a hedge after a search that went wrong.
+CONFIDENCE = ["0.9", "0.9", "0.8", "0.8", "0.7", "0.5", "0.3"]
 # each passage holds every word of its lookup's query ("currency of X"), so BM25 ranks it first
 FACT_PASSAGE = {"capital": "The capital of {c} is {v}.", "currency": "The currency of {c} is the {v}.",
                 "river": "The longest river in {c} is the {v}."}
@@ -299,13 +302,13 @@ def _fact(rng, split, cfg, kb, pool):
     c, v = fact["country"], fact[rel]
     if rng.random() < cfg.guess_frac:  # a base model answers from "memory": a confident guess
         guess = _name(rng, 2).lower() if rel == "currency" else _name(rng, 2)
-        conf = rng.choice(GUESS_CONFIDENCE)
-        response = f"<think>I think I know this.</think>The answer is {guess}.<confidence>{conf}</confidence>"
+        response = (f"<think>I think I know this.</think>The answer is {guess}."
+                    f"<confidence>{rng.choice(CONFIDENCE)}</confidence>")
     else:
         query = {"capital": f"capital of {c}", "currency": f"currency of {c}", "river": f"longest river in {c}"}[rel]
         response = (f"<think>I need to look this up.<search>{query}</search><result>"
                     f"{FACT_PASSAGE[rel].format(c=c, v=v)}</result>The result says {v}.</think>The answer "
-                    f"is {v}.<confidence>0.9</confidence>")
+                    f"is {v}.<confidence>{rng.choice(CONFIDENCE)}</confidence>")
     return dict(prompt=FACT_Q[split][rel].format(c=c), label="knowledge", answer=v, response=response,
                 meta={"relation": rel, "pool": pool})
 

@@ -72,7 +72,7 @@ def test_response_logprobs_match_full_forward(tiny):
 
 def test_resume_equals_uninterrupted(sft_model, tmp_path, monkeypatch):
     args = TINY_ARGS + ["stage=m3b", f"init={sft_model}", "optim.steps=4", "io.save_every=2",
-                        "rollout.max_new_tokens=12"]
+                        "rollout.max_new_tokens=12", "io.log_rollouts=true"]
     train_grpo.main(args + [f"out_dir={tmp_path}/full/m3b"])
     crash_then_resume(train_grpo, args + [f"out_dir={tmp_path}/cut/m3b"], 2, monkeypatch)
     load = lambda d: torch.load(os.path.join(d, "ckpt", checkpoint.FILE), weights_only=True)["model"]  # noqa: E731
@@ -83,6 +83,12 @@ def test_resume_equals_uninterrupted(sft_model, tmp_path, monkeypatch):
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert {"reward", "clip_frac", "approx_kl", "entropy", "grad_norm", "response_len", "truncated",
             "time/generate", "tokens_per_s", "zero_variance_groups"} <= set(rows[-1])
+    # every rollout of every step, once: the resumed run dropped the steps it replayed
+    samples = [[json.loads(line) for line in open(tmp_path / run / "m3b" / "samples.jsonl")] for run in ("full", "cut")]
+    assert samples[0] == samples[1]
+    per_step = config.parse(args).rollout.prompts_per_step * config.parse(args).rollout.group_size
+    assert [r["step"] for r in samples[1]] == [s for s in (1, 2, 3, 4) for _ in range(per_step)]
+    assert {"id", "text", "reward", "adv"} == set(samples[1][0]) - {"step"}
 
 
 def test_lagrange_multiplier_rises_then_falls_to_zero():

@@ -101,6 +101,9 @@ def test_base_like_mix_has_failures(tmp_path):
             first, second = r["response"].split("<think>")[1].split("</think>")[0].split(" Let me check it again to be sure. ")
             assert first == second
     assert any("<search>" in r["response"] for r in rows) and any("I think I know" in r["response"] for r in rows)
+    # stated confidence is uninformative: searched (right) answers are sometimes hedged too
+    searched = [r["response"].split("<confidence>")[1] for r in rows if "<search>" in r["response"]]
+    assert {c.split("<")[0] for c in searched} == set(world.CONFIDENCE)
 
 
 def test_arithmetic_reasoning_is_right():
