@@ -112,9 +112,9 @@ def test_search_stage_saves_lambda(sft_model, tmp_path):
     state = torch.load(tmp_path / "search" / "ckpt" / checkpoint.FILE, weights_only=True)
     rows = [json.loads(line) for line in open(tmp_path / "search" / "metrics.jsonl")]
     assert "lam" in rows[0] and "fcr" in rows[0] and rows[0]["lam"] == 0.3
-    expect = rl.lagrange_update(rows[-1]["lam"], rows[-1]["fcr"], 0.1, 0.5)
-    assert state["extra"]["lam"] == pytest.approx(expect)
     cfg = config.parse(["stage=search"])
+    expect = rl.lagrange_update(rows[-1]["lam"], rows[-1]["fcr"], cfg.rl.fcr_target, cfg.rl.lagrange_lr)
+    assert state["extra"]["lam"] == pytest.approx(expect)
     assert cfg.rl.fcr_penalty and cfg.data.labels == ""  # every family stays in the mix
 
 
