@@ -53,7 +53,6 @@ class WorldConfig:
     refusal_frac: float = 0.85  # trigger-word look-alikes refused needlessly
     verbose_frac: float = 0.7  # think blocks padded with a needless second pass (not fact lookups)
     guess_frac: float = 0.5  # fact lookups answered by a (mostly confident) guess instead of a search
-    slip_frac: float = 0.2  # searched lookups whose first query mistypes the name, then search again
 
 
 @dataclass
@@ -88,7 +87,7 @@ class RolloutConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 256  # the padded arithmetic reasoning of the SFT mix needs ~180
-    max_tool_calls: int = 2  # search calls per response: a mistyped query, then the right one
+    max_tool_calls: int = 1  # search calls per response (rung 4)
     gen_batch_size: int = 64
 
 

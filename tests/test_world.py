@@ -129,26 +129,16 @@ def test_heldout_prompts_use_train_words(tmp_path):
 
 
 def test_every_lookup_query_finds_its_passage(tmp_path):
-    # the searched lookups of the SFT mix quote passages; the search tool, asked the same query
+    # the searched lookups of the SFT mix quote a passage; the search tool, asked the same query
     # over the whole knowledge base, must return exactly that passage, or RL on fact prompts
     # punishes a policy that searches right (a currency query once got the capital's passage)
     import re
     from nanosafe.search import SearchTool
     paths = world.build(WorldConfig(n_sft=1500, n_rl=10, n_heldout_per_family=2), str(tmp_path))
     tool = SearchTool.from_jsonl(paths["kb"])
-    rows = [r for r in _read(paths["sft"]) if r["meta"]["family"] == "fact" and "<search>" in r["response"]]
-    slips = 0
-    for r in rows:
-        pairs = re.findall(r"<search>(.*?)</search><result>(.*?)</result>", r["response"])
-        for query, passage in pairs:
-            assert tool(query) == passage, query
-        country = pairs[-1][0].split()[-1]
-        assert country in r["prompt"].split() or f"{country}?" in r["prompt"].split()
-        assert f" {country} is" in pairs[-1][1] and f" {r['answer']}." in pairs[-1][1]  # the last search is right
-        if len(pairs) == 2:  # a mistyped first query, noticed: its result is about another country
-            slips += 1
-            assert pairs[0][0] != pairs[-1][0] and f" {country} is" not in pairs[0][1]
-            assert f"not {country}. Let me search again." in r["response"]
-    assert {q.split(" of ")[0].split(" in ")[0] for r in rows
-            for q in re.findall(r"<search>(.*?)</search>", r["response"])} == {"capital", "currency", "longest river"}
-    assert 0.1 * len(rows) < slips < 0.3 * len(rows)  # slip_frac 0.2
+    lookups = [re.search(r"<search>(.*?)</search><result>(.*?)</result>", r["response"])
+               for r in _read(paths["sft"]) if r["meta"]["family"] == "fact"]
+    lookups = [m.groups() for m in lookups if m]
+    assert len({q.split(" of ")[0].split(" in ")[0] for q, _ in lookups}) == 3  # all three relations
+    for query, passage in lookups:
+        assert tool(query) == passage, query
