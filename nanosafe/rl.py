@@ -46,12 +46,12 @@ Choices, where well-known implementations differ
 - CALE is our reading of the paper (it names CALE without printing a formula). It only ever adds:
   a shorter-than-average good response gets a bonus, a longer one keeps its advantage. DESIGN §4
   has the two-sided term, which gives a long *correct* answer a negative advantage. On the tiny
-  world that pushed down the correct digit facts in the long answer's second pass and flipped some
-  of them ("8 + 3 = 10"): 200 held-out sums went 0.97 -> 0.91 with the two-sided term and 0.97 ->
-  0.95 with this one, both at a mean length of 44 tokens (from 73.5). Adding only to good responses also means
-  length can never lift a bad response above a good one, with no floor to enforce it. With the
-  default tau (group max) an all-wrong group has C = everyone and its short answers get the bonus
-  too; pass an absolute cale_tau (e.g. 1.0) to avoid that.
+  world that pushed down the correct digit facts in the long answer's second pass and flipped
+  some of them ("8 + 3 = 10"): 200 held-out sums went 0.97 -> 0.91 with the two-sided term and
+  0.97 -> 0.95 with this one, both at a mean length of 44 tokens (from 73.5). Adding only to good
+  responses also means length can never lift a bad response above a good one, with no floor to
+  enforce it. With the default tau (group max) an all-wrong group has C = everyone and its short
+  answers get the bonus too; pass an absolute cale_tau (e.g. 1.0) to avoid that.
 - token-mean divides by the valid tokens of the whole optimiser step (all micro-batches, all ranks),
   never a mean of per-micro-batch means; seq-mean-token-mean averages per-sequence token means over
   the non-empty sequences of the step (an empty one is skipped, never NaN); seq-mean-token-sum-norm
