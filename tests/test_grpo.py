@@ -86,7 +86,8 @@ def test_resume_equals_uninterrupted(sft_model, tmp_path, monkeypatch):
     # every rollout of every step, once: the resumed run dropped the steps it replayed
     samples = [[json.loads(line) for line in open(tmp_path / run / "m3b" / "samples.jsonl")] for run in ("full", "cut")]
     assert samples[0] == samples[1]
-    per_step = config.parse(args).rollout.prompts_per_step * config.parse(args).rollout.group_size
+    rcfg = config.parse(args).rollout
+    per_step = rcfg.prompts_per_step * rcfg.group_size
     assert [r["step"] for r in samples[1]] == [s for s in (1, 2, 3, 4) for _ in range(per_step)]
     assert {"id", "text", "reward", "adv"} == set(samples[1][0]) - {"step"}
 

@@ -1,11 +1,13 @@
 """The tiny world: deterministic by seed, held-out split disjoint from training, all families."""
 import json
 import os
+import re
 
 from PIL import Image
 
 from nanosafe import world
 from nanosafe.config import WorldConfig
+from nanosafe.search import SearchTool
 
 
 def _read(path):
@@ -132,8 +134,6 @@ def test_every_lookup_query_finds_its_passage(tmp_path):
     # the searched lookups of the SFT mix quote a passage; the search tool, asked the same query
     # over the whole knowledge base, must return exactly that passage, or RL on fact prompts
     # punishes a policy that searches right (a currency query once got the capital's passage)
-    import re
-    from nanosafe.search import SearchTool
     paths = world.build(WorldConfig(n_sft=1500, n_rl=10, n_heldout_per_family=2), str(tmp_path))
     tool = SearchTool.from_jsonl(paths["kb"])
     lookups = [re.search(r"<search>(.*?)</search><result>(.*?)</result>", r["response"])
