@@ -120,7 +120,6 @@ def test_arithmetic_reasoning_is_right():
 def test_heldout_prompts_use_train_words(tmp_path):
     """Held-out prompts are new combinations of words the SFT data has (bar invented names), so a
     model trained from scratch can read them: what it must do is generalise, not guess a word."""
-    import re
     paths = world.build(WorldConfig(n_sft=3000, n_rl=10, n_heldout_per_family=24), str(tmp_path))
     words = lambda t: set(re.findall(r"[a-z']+", t.lower()))  # noqa: E731
     train = set().union(*(words(r["prompt"]) | words(r["response"]) for r in _read(paths["sft"])))
