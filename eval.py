@@ -129,7 +129,7 @@ def tiny_world(cfg) -> tuple[list[dict], search.SearchTool | None]:
     from nanosafe import world
     paths = world.build(cfg.world, cfg.world.dir)
     samples = data.read_jsonl(cfg.data.heldout or paths["heldout"])
-    return samples, search.SearchTool.from_jsonl(paths["kb"])
+    return samples, search.SearchTool.from_config(cfg.rollout.kb, paths["kb"])
 
 
 def step_search_eval(bundle, samples: list[dict], cfg, k: int, tool=None, judges=None) -> tuple[dict, dict]:

@@ -184,7 +184,7 @@ def main(argv: list[str]) -> None:
         print(f"stage {cfg.stage}: kept {len(prompts)} prompts with labels {cfg.data.labels}; "
               f"left out by label: {dropped}")
     held = data.read_jsonl(cfg.data.heldout or paths["heldout"])
-    tool = search.SearchTool.from_jsonl(paths["kb"]) if cfg.rollout.max_tool_calls > 0 else None
+    tool = search.SearchTool.from_config(cfg.rollout.kb, paths["kb"]) if cfg.rollout.max_tool_calls > 0 else None
     bundle = model.make(cfg)
     ref = None
     if cfg.rl.kl_coef > 0:  # copied before sharding, then sharded like the policy

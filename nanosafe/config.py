@@ -52,7 +52,8 @@ class WorldConfig:
     unsafe_frac: float = 0.9  # lure templates answered unsafely
     refusal_frac: float = 0.85  # trigger-word look-alikes refused needlessly
     verbose_frac: float = 0.7  # think blocks padded with a needless second pass (not fact lookups)
-    guess_frac: float = 0.5  # fact lookups answered by a (mostly confident) guess instead of a search
+    tempting_frac: float = 0.6  # fact lookups phrased to invite an answer from memory
+    guess_frac: float = 0.8  # of those, answered by a (mostly confident) guess instead of a search
 
 
 @dataclass
@@ -88,6 +89,7 @@ class RolloutConfig:
     top_p: float = 1.0
     max_new_tokens: int = 256  # the padded arithmetic reasoning of the SFT mix needs ~180
     max_tool_calls: int = 1  # search calls per response (rung 4)
+    kb: str = ""  # the search tool's passages (JSONL); "" = the tiny world's, "none" = empty
     gen_batch_size: int = 64
 
 
@@ -160,19 +162,25 @@ class Config:
 # A stage is data + reward recipe + switches (DESIGN §1). Config files may refine these.
 # The RL rungs share a small constant learning rate: at SFT's 3e-3 a single policy-gradient step
 # wrecks the tiny model, and even 3e-4 erases arithmetic within 40 steps (DESIGN §6).
+# The knowledge base joins at rung 4 (DESIGN §1): before it, a search finds nothing, so the rungs
+# cannot teach the lookups that rung 4 is for (with it from 2a on, rung 4 had nothing left to fix:
+# knowledge 0.75 -> 0.73). The tool stays, empty: without it a search runs on into a result the
+# policy writes itself, which fails to parse, and 2a trained searching away within 20 steps.
 RL_BASE = {"optim.lr": 1e-4, "optim.warmup_frac": 0.0, "optim.min_lr_frac": 1.0, "optim.steps": 40,
            "optim.micro_batch_size": 32, "rl.mini_batches": 2, "io.eval_every": 1000, "io.save_every": 10,
-           "io.log_every": 1}
+           "io.log_every": 1, "rollout.kb": "none"}
 STAGES: dict[str, dict] = {
     "sft": {},
     "m3a": {**RL_BASE, "data.labels": "general_rule,knowledge", "optim.steps": 20},
     "m3b": {**RL_BASE, "data.labels": "", "optim.steps": 150},
     "cale": {**RL_BASE, "data.labels": "", "rl.cale_beta": 0.2},
     # every family stays in the mix: on fact prompts alone the policy drifted (safety 1.00 -> 0.89).
-    # 32 prompts a step give ~5 fact prompts; a strict FCR target with a fast lambda, and a KL
-    # anchor that kept situational safety at 1.00 (without it the greedy answers drifted to 0.57)
-    "search": {**RL_BASE, "data.labels": "", "rollout.prompts_per_step": 32, "rollout.max_tool_calls": 2,
-               "rl.fcr_penalty": True, "rl.fcr_target": 0.02, "rl.lagrange_lr": 2.0, "rl.kl_coef": 0.05},
+    # 32 prompts a step give ~5 fact prompts; a KL anchor kept situational safety at 1.00 (without
+    # it the greedy answers drifted to 0.57). With lambda's step at 2 the policy learned to hedge
+    # (state 0.5) within 40 steps, before it found searching; at 0.2 and 80 steps it searched.
+    "search": {**RL_BASE, "data.labels": "", "rollout.kb": "", "optim.steps": 80,
+               "rollout.prompts_per_step": 32, "rollout.max_tool_calls": 2, "rl.fcr_penalty": True,
+               "rl.fcr_target": 0.02, "rl.lagrange_lr": 0.2, "rl.kl_coef": 0.05},
 }
 
 

@@ -6,7 +6,9 @@
 Okapi BM25 with the usual k1 = 1.5, b = 0.75 and the non-negative idf
 log(1 + (N - df + 0.5) / (df + 0.5)). Tokens are lower-cased words. The tool returns the top
 `k` passages joined by a space; an empty query or no match returns "no result", so the policy
-sees that a search failed instead of an empty span.
+sees that a search failed instead of an empty span. An empty knowledge base is allowed
+(`rollout.kb=none`): the tool is there and every search comes back "no result", which is how the
+RL rungs before rung 4 run, since the knowledge base joins at rung 4 (DESIGN §1).
 """
 from __future__ import annotations
 
@@ -24,8 +26,6 @@ def words(text: str) -> list[str]:
 
 class SearchTool:
     def __init__(self, passages: list[str], k: int = 1, k1: float = 1.5, b: float = 0.75):
-        if not passages:
-            raise ValueError("SearchTool needs at least one passage")
         self.passages, self.k = passages, k
         docs = [words(p) for p in passages]
         vocab = sorted({w for d in docs for w in d})
@@ -34,11 +34,12 @@ class SearchTool:
         for i, d in enumerate(docs):
             for w in d:
                 tf[i, self.index[w]] += 1
-        length = tf.sum(1, keepdims=True)  # [N, 1]
+        length = np.maximum(tf.sum(1, keepdims=True), 1)  # [N, 1]
         df = (tf > 0).sum(0)  # [W]
         idf = np.log1p((len(docs) - df + 0.5) / (df + 0.5))  # [W]
         # the per-(passage, word) BM25 weight, precomputed once: a query is a column sum
-        self.weight = idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * length / length.mean()))  # [N, W]
+        avg = length.mean() if len(docs) else 1.0
+        self.weight = idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * length / avg))  # [N, W]
 
     @classmethod
     def from_jsonl(cls, path: str, **kw) -> "SearchTool":
@@ -51,6 +52,11 @@ class SearchTool:
                         raise ValueError(f"{path}:{n}: field 'text': missing or not a string")
                     passages.append(row["text"])
         return cls(passages, **kw)
+
+    @classmethod
+    def from_config(cls, kb: str, world_kb: str) -> "SearchTool":
+        """`rollout.kb`: a JSONL of passages, "" for the tiny world's (`world_kb`), "none" for empty."""
+        return cls([]) if kb == "none" else cls.from_jsonl(kb or world_kb)
 
     def scores(self, query: str) -> np.ndarray:
         cols = [self.index[w] for w in set(words(query)) if w in self.index]
