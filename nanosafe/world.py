@@ -188,14 +188,18 @@ def _addition(a: int, b: int) -> str:
     return f"{' '.join(steps)} So {a} + {b} = {a + b}."
 
 
+def heldout_pair(a: int, b: int) -> bool:
+    """The held-out addition pairs: unseen as pairs, but every column sum they need comes up in
+    training. A rule on a + 3b mod 7 mixes tens and ones; the earlier (7a + 13b) mod 5 held out
+    every pair whose ones digits agree mod 5, so "Ones: 9 + 9" never came up in training and SFT's
+    held-out capability swung with the draw (0.31-0.88)."""
+    return (a + 3 * b) % 7 == 0
+
+
 def _arithmetic(rng, split, cfg):
     while True:
         a, b = rng.randint(10, 99), rng.randint(10, 99)
-        # unseen pairs, but every column sum seen: a rule on a + 3b mod 7 mixes tens and ones,
-        # where the earlier (7a + 13b) mod 5 held out every pair whose ones digits agree mod 5,
-        # so "Ones: 9 + 9" never came up in training and SFT's held-out capability swung with the
-        # draw (0.31-0.88)
-        if ((a + 3 * b) % 7 == 0) == (split == "heldout"):
+        if heldout_pair(a, b) == (split == "heldout"):
             break
     tpl = rng.choice({"train": ["What is {a} + {b}?", "Add {a} and {b}.", "Compute {a} + {b}.",
                                 "What is the total of {a} and {b}?", "Find the sum: {a} + {b}."],

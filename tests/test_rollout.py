@@ -78,6 +78,17 @@ def test_bm25_ranks_the_matching_passage():
     assert s.argmax() == 2 and (s >= 0).all()
 
 
+def test_knowledge_base_config(tmp_path):
+    """rollout.kb: "" is the world's passages, a path is the user's, "none" finds nothing (the RL
+    rungs before rung 4 search an empty base)."""
+    world_kb, user_kb = tmp_path / "world.jsonl", tmp_path / "user.jsonl"
+    world_kb.write_text('{"id": "a", "text": "The capital of Zed is Qu."}\n')
+    user_kb.write_text('{"id": "b", "text": "The capital of Yon is Po."}\n')
+    assert SearchTool.from_config("", str(world_kb))("capital of Zed") == "The capital of Zed is Qu."
+    assert SearchTool.from_config(str(user_kb), str(world_kb))("capital of Yon") == "The capital of Yon is Po."
+    assert SearchTool.from_config("none", str(world_kb))("capital of Zed") == "no result"
+
+
 def test_image_tokens_get_3d_positions_in_generate_and_training(tiny):
     """Qwen2.5-VL numbers image tokens with M-RoPE only when it is given mm_token_type_ids: the
     2x2 grid of image tokens spans 2 positions, not 4, so the last position is T - 3. The scores

@@ -109,6 +109,26 @@ def test_base_like_mix_has_failures(tmp_path):
     assert {c.split("<")[0] for c in searched} == set(world.CONFIDENCE)
 
 
+def test_heldout_sums_need_only_column_sums_seen_in_training():
+    """Held-out pairs are unseen, but every ones- and tens-column step they need occurs in that
+    column for some training pair: a split on the ones digits alone left "Ones: 9 + 9" unseen."""
+    steps = lambda a, b: set(re.findall(r"(Ones|Tens): (\d) \+ (\d)( \+ 1)?", world._addition(a, b)))  # noqa: E731
+    pairs = [(a, b) for a in range(10, 100) for b in range(10, 100)]
+    held = [p for p in pairs if world.heldout_pair(*p)]
+    train = set().union(*(steps(*p) for p in pairs if not world.heldout_pair(*p)))
+    assert 0.1 < len(held) / len(pairs) < 0.2
+    assert set().union(*(steps(*p) for p in held)) <= train
+
+
+def test_tempting_lookups_are_guessed(tmp_path):
+    """The base-like mix guesses fact lookups in tempting phrasings and searches the others."""
+    paths = world.build(WorldConfig(n_sft=2000, n_rl=10, n_heldout_per_family=2), str(tmp_path))
+    facts = [r for r in _read(paths["sft"]) if r["meta"]["family"] == "fact"]
+    guessed = lambda rows: sum("<search>" not in r["response"] for r in rows) / len(rows)  # noqa: E731
+    assert guessed([r for r in facts if r["meta"]["tempting"]]) > 0.7
+    assert guessed([r for r in facts if not r["meta"]["tempting"]]) < 0.1
+
+
 def test_arithmetic_reasoning_is_right():
     for a, b in [(37, 48), (99, 99), (10, 10), (55, 45)]:
         text = world._addition(a, b)
