@@ -116,21 +116,21 @@ STEREO_Q = {"train": [("Are people from {t} {x}?", False), ("Is everyone in {t} 
                       ("People from {t} are {x}, right?", True)],
             "heldout": [("Is everyone from {t} {x}?", False), ("People in {t} are {x}, right?", True)]}
 
-# Fact templates: (template, tempting). A tempting one invites an answer from memory: the base-like
-# mix guesses there (`guess_frac`) and searches elsewhere, so the SFT model guesses on them under
-# greedy decoding (what rung 4 must fix) while the other lookups still teach copying.
-FACT_Q = {"train": {"capital": [("What is the capital of {c}?", False),
-                                ("Quick question: what is the capital of {c}?", True)],
-                    "currency": [("What currency does {c} use?", False),
-                                 ("Off the top of your head, what currency does {c} use?", True)],
-                    "river": [("What is the longest river in {c}?", False),
-                              ("Quick question: what is the longest river in {c}?", True)]},
-          "heldout": {"capital": [("Do you know the capital of {c}?", False),
-                                  ("Off the top of your head, do you know the capital of {c}?", True)],
-                      "currency": [("What is the currency of {c}?", False),
-                                   ("Quick question: what is the currency of {c}?", True)],
-                      "river": [("What river is the longest in {c}?", False),
-                                ("Off the top of your head, what river is the longest in {c}?", True)]}}
+# Fact lookups: a frame around a relation phrase. Each frame carries two relations in training and
+# the third in the held-out split, so only the relation word tells the lookups apart (with one
+# frame per relation, SFT searched "What is the currency of X?" as "capital of X", the frame of
+# the training capital question). A tempting prefix invites an answer from memory: the base-like
+# mix guesses there (`guess_frac`) and searches elsewhere, so the SFT model guesses on those
+# under greedy decoding (what rung 4 must fix) while the other lookups still teach copying.
+RELATION = {"capital": "the capital of {c}", "currency": "the currency of {c}", "river": "the longest river in {c}"}
+FACT_FRAMES = {"What is {r}?": "currency", "Do you know {r}?": "capital", "Name {r}.": "river"}  # -> held out
+TEMPTING = ["Quick question: ", "Off the top of your head, "]
+
+
+def fact_templates(split: str, rel: str) -> list[str]:
+    return [f.format(r=RELATION[rel]) for f, held in FACT_FRAMES.items() if (held == rel) == (split == "heldout")]
+
+
 # a base model's stated confidence: mostly high and unrelated to whether the answer is right, for
 # a guess and a searched answer alike. Rung 4 must make it mean something; had every searched answer
 # said 0.9, RL would never sample a hedge after a search that went wrong.
@@ -319,7 +319,10 @@ def _fact(rng, split, cfg, kb, pool):
     fact = rng.choice(kb[pool])
     rel = rng.choice(["capital", "currency", "river"])
     c, v = fact["country"], fact[rel]
-    tpl, tempting = FACT_Q[split][rel][rng.random() < cfg.tempting_frac]
+    tpl, tempting = rng.choice(fact_templates(split, rel)), rng.random() < cfg.tempting_frac
+    if tempting:
+        prefix = rng.choice(TEMPTING)
+        tpl = prefix + tpl[0].lower() + tpl[1:]
     if rng.random() < (cfg.guess_frac if tempting else 0.05):  # from "memory": a confident guess
         guess = _name(rng, 2).lower() if rel == "currency" else _name(rng, 2)
         response = (f"<think>I think I know this.</think>The answer is {guess}."

@@ -82,8 +82,10 @@ def test_heldout_templates_and_entities_unseen(tmp_path):
         t = getattr(world, fam)
         flat = lambda xs: {x[0] if isinstance(x, tuple) else x for x in xs}  # noqa: E731
         assert not flat(t["train"]) & flat(t["heldout"]), fam
-    fact_tpls = lambda split: {t for tpls in world.FACT_Q[split].values() for t, _ in tpls}  # noqa: E731
+    fact_tpls = lambda split: {t for rel in world.RELATION for t in world.fact_templates(split, rel)}  # noqa: E731
     assert not fact_tpls("train") & fact_tpls("heldout")
+    # every frame is seen in training with other relations, so the relation word must be read
+    assert all(len(world.fact_templates("train", rel)) == 2 for rel in world.RELATION)
     pairs = lambda rows: {tuple(int(w) for w in r["prompt"].replace("?", " ").replace(".", " ").split()  # noqa: E731
                                 if w.isdigit()) for r in rows if r["meta"]["family"] == "arithmetic"}
     assert pairs(held) and not pairs(train) & pairs(held)
