@@ -19,7 +19,10 @@ TINY_ARGS = ["world.n_sft=48", "world.n_rl=24", "world.n_heldout_per_family=2", 
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory):
     """(cfg, world paths, bundle) for a tiny VL model and world, built once per test session."""
+    import torch
+
     from nanosafe import config, model, world
+    torch.manual_seed(0)  # the same random weights every session, whatever ran before
     out = tmp_path_factory.mktemp("tiny")
     cfg = config.parse(TINY_ARGS + [f"out_dir={out}/sft"])
     paths = world.build(cfg.world, cfg.world.dir)

@@ -117,6 +117,8 @@ def test_search_stage_saves_lambda(sft_model, tmp_path):
     expect = rl.lagrange_update(rows[-1]["lam"], rows[-1]["fcr"], cfg.rl.fcr_target, cfg.rl.lagrange_lr)
     assert state["extra"]["lam"] == pytest.approx(expect)
     assert cfg.rl.fcr_penalty and cfg.data.labels == ""  # every family stays in the mix
+    # the knowledge base joins at rung 4; the rungs before it search an empty one
+    assert cfg.rollout.kb == "" and {config.parse([f"stage={s}"]).rollout.kb for s in ("m3a", "m3b", "cale")} == {"none"}
 
 
 def test_lambda_holds_in_steps_without_fact_prompts(sft_model, tmp_path):
