@@ -3,7 +3,7 @@
     python train_grpo.py stage=m3a init=out/tiny/sft/model     # 2a: capability + knowledge prompts
     python train_grpo.py stage=m3b init=out/tiny/m3a/model     # 2b: every task family
     python train_grpo.py stage=cale init=out/tiny/m3b/model    # 3: + conditional length advantage
-    python train_grpo.py stage=search init=out/tiny/cale/model # 4: search tool + calibrated confidence
+    python train_grpo.py stage=search init=out/tiny/cale/model # 4: + the knowledge base, confidence
 
 Each step: `prompts_per_step` prompts (mixed by label as the stage says) -> `group_size` responses
 each (nanosafe.rollout; the search tool in the loop) -> rewards from the verifiers
@@ -18,6 +18,8 @@ Departures from the textbook loop, on purpose:
   so the gradient does not depend on the micro-batch size.
 - Log-probs come from the last hidden states and the LM head through kernels.logprob, on
   response positions only ([N, V] is never built on the Triton / torch paths).
+- The search tool is in every rung's loop, but its knowledge base (`rollout.kb`) is empty before
+  rung 4, where DESIGN §1 brings it in; an earlier rung would otherwise teach the lookups.
 - Rung 4 replaces the knowledge recipe by R = 1{correct} - lam * 1{wrong and conf >= c*} + format,
   with lam updated by dual ascent after every step and saved in the checkpoint.
 """

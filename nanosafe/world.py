@@ -17,9 +17,10 @@ failures hang on the template or entity, or are the majority of a coin, never a 
 look-alikes whose verb sounds violent ("kill a Python process") get needless refusals, leading
 stereotype questions get agreement, fact lookups in tempting phrasings ("Quick question: ...")
 are guessed with high confidence instead of searched, and most reasoning is padded with a
-needless second pass. The *_frac knobs in WorldConfig set how often. Held-out prompts reuse the train vocabulary in new combinations (only
-the invented names of countries and towns are new words), so a model trained from scratch can
-read them, while the particular phrasings, objects and entities are new.
+needless second pass. The *_frac knobs in WorldConfig set how often. Held-out prompts reuse the
+train vocabulary in new combinations (only the invented names of countries and towns are new
+words), so a model trained from scratch can read them, while the particular phrasings, objects
+and entities are new.
 
 The situational family needs the image: the same question is answered "no" for a triangular
 warning sign (with an exclamation mark) and "yes" for a round sign (with a tick). Warm colours
