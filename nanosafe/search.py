@@ -34,7 +34,7 @@ class SearchTool:
         for i, d in enumerate(docs):
             for w in d:
                 tf[i, self.index[w]] += 1
-        length = np.maximum(tf.sum(1, keepdims=True), 1)  # [N, 1]
+        length = tf.sum(1, keepdims=True)  # [N, 1]
         df = (tf > 0).sum(0)  # [W]
         idf = np.log1p((len(docs) - df + 0.5) / (df + 0.5))  # [W]
         # the per-(passage, word) BM25 weight, precomputed once: a query is a column sum
