@@ -61,9 +61,14 @@ def test_real_tiny_model_groups_and_budget(tiny):
     rows = data.read_jsonl(paths["heldout"])
     rows = [r for r in rows if r["images"]][:1] + [r for r in rows if not r["images"]][:2]
     cfg.rollout.max_new_tokens = 12
+    # random weights can draw a vision special as the first token (3 of 540 rollouts over 60 seeds);
+    # it is cut before it is kept, leaving an empty rollout (CI failed on one). Seed the draws so the
+    # check does not hang on what ran before, and allow an empty rollout only when it was cut so.
+    torch.manual_seed(0)
     outs = rollout.generate(bundle, rows, cfg.data, cfg.rollout, n=3)
     assert len(outs) == 9 and [o.sample["id"] for o in outs[:3]] == [rows[0]["id"]] * 3
-    assert all(0 < len(o.ids) <= 12 and len(o.mask) == len(o.ids) for o in outs)
+    assert all(len(o.ids) <= 12 and len(o.mask) == len(o.ids) for o in outs)
+    assert all(o.ids or o.bad_tokens == 1 for o in outs)
     greedy = rollout.generate(bundle, rows, cfg.data, cfg.rollout, n=2, greedy=True)
     assert greedy[0].ids == greedy[1].ids
 
