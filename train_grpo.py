@@ -88,28 +88,28 @@ def main(argv: list[str]) -> None:
     run, G = setup(cfg), cfg.rollout.group_size
     step, lam, device = run.step, run.lam, dist.device_of(run.policy.model)
     while step < cfg.optim.steps:
-        clock = [time.time()]
+        clock = [time.time()]  # phase boundaries, for time/* metrics
         order = data.batch_order(len(run.prompts), step, cfg.rollout.prompts_per_step, cfg.seed)
         # this rank's prompts (its share of each mini-batch); their groups, hence advantages, stay here
         prompts = dist.local_slice([run.prompts[i] for i in order], parts=cfg.rl.mini_batches)
-        outs = rollout.generate(run.policy, prompts, cfg.data, cfg.rollout, n=G, tool=run.tool)
+        outs = rollout.generate(run.policy, prompts, cfg.data, cfg.rollout, n=G, tool=run.tool)  # 1. generate
         clock.append(time.time())
-        rewards, vmetrics = run.score([o.sample for o in outs], [o.text for o in outs],
+        rewards, vmetrics = run.score([o.sample for o in outs], [o.text for o in outs],  # 2. score
                                       lam=lam if cfg.rl.fcr_penalty else None)
         rewards = torch.tensor(rewards, dtype=torch.float32)  # [B * G]
         lengths = torch.tensor([sum(o.mask) for o in outs], dtype=torch.float32)  # [B * G] policy tokens
-        adv = run.advantages(rewards.to(device), G, lengths=lengths.to(device))  # [B * G]
+        adv = run.advantages(rewards.to(device), G, lengths=lengths.to(device))  # 3. advantages [B * G]
         clock.append(time.time())
-        stats = update(run, outs, adv.float(), cfg)
+        stats = update(run, outs, adv.float(), cfg)  # 4. update
         clock.append(time.time())
         step += 1
         metrics, rows = step_metrics(outs, vmetrics, rewards, adv, lengths, G, clock)
         metrics.update(stats, lr=run.sched.get_last_lr()[0])
-        if cfg.rl.fcr_penalty:
+        if cfg.rl.fcr_penalty:  # 5. lambda
             metrics["lam"] = lam
             if "fcr" in metrics:  # a step without fact prompts says nothing about the false-certain rate
                 lam = rl.lagrange_update(lam, metrics["fcr"], cfg.rl.fcr_target, cfg.rl.lagrange_lr)
-        report(run, cfg, step, metrics, rows, lam)
+        report(run, cfg, step, metrics, rows, lam)  # 6. log (+ eval, checkpoint)
     run.logger.close()
     model.export(run.policy, os.path.join(cfg.io.out_dir, "model"))
     if dist.is_main():
