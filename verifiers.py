@@ -18,7 +18,8 @@ compliance without moralising. knowledge: (P(TRUE) + 1 - P(FALSE)) / 2, here P(T
 match. general: 1 / 0.5 / 0 on the reference phrase. boxed: last \\boxed{} after normalisation.
 
 Reward = format_weight * format + sum of w * score over the label's recipe (RECIPES, overridden by
-config weights). Neural verifiers wrap a Hugging Face sequence classifier (expected score under its
+config weights); on rung 4 (score_batch's `lam`) a fact lookup's reward is instead 1{correct} -
+lam * 1{wrong and confidence >= c*} + format (DESIGN §4). Neural verifiers wrap a Hugging Face sequence classifier (expected score under its
 label softmax) or causal LM (next-token logits of label words after a judge prompt) behind the
 same interface plus a batched `.score_batch`, on whatever device their model lives.
 """

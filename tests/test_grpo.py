@@ -28,7 +28,7 @@ def _rollouts(cfg, bundle, paths, n_prompts=3):
 
 
 @pytest.mark.parametrize("impl", ["torch", "triton"])
-def test_rl_step_with_images_matches_naive_logprob(tiny, impl):
+def test_update_with_images_matches_naive_logprob(tiny, impl):
     cfg, paths, bundle = tiny
     cfg = copy.deepcopy(cfg)
     cfg.rollout.max_new_tokens = 10
