@@ -88,3 +88,14 @@ def test_every_design_cite_resolves():
     assert cites, "no DESIGN cite found: the walk is broken"
     missing = [(os.path.relpath(p, ROOT), n) for p, n in cites if n not in sections]
     assert not missing, missing
+
+
+def test_rung_table_errors_name_the_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(config, "RUNGS", str(tmp_path / "gone.py"))
+    with pytest.raises(FileNotFoundError, match="rung table is missing.*gone.py"):
+        config.parse([])
+    bad = tmp_path / "rungs.py"
+    bad.write_text("stages = {'sft': ['not', 'a', 'dict']}\n")
+    monkeypatch.setattr(config, "RUNGS", str(bad))
+    with pytest.raises(TypeError, match="rungs.py: `stages` must be a dict"):
+        config.parse([])
