@@ -19,7 +19,9 @@ match. general: 1 / 0.5 / 0 on the reference phrase. boxed: last \\boxed{} after
 
 Reward = format_weight * format + sum of w * score over the label's recipe (RECIPES, overridden by
 config weights); on rung 4 (score_batch's `lam`) a fact lookup's reward is instead 1{correct} -
-lam * 1{wrong and confidence >= c*} + format (DESIGN §4). Neural verifiers wrap a Hugging Face sequence classifier (expected score under its
+lam * 1{wrong and confidence >= c*} + format (DESIGN §4).
+
+Neural verifiers wrap a Hugging Face sequence classifier (expected score under its
 label softmax) or causal LM (next-token logits of label words after a judge prompt) behind the
 same interface plus a batched `.score_batch`, on whatever device their model lives.
 """
@@ -243,7 +245,6 @@ def is_false_certain(correct, confidence, c_star):
     """Wrong and confident (>= c*). A missing confidence counts as 1.0: an unhedged answer asserts
     certainty, so omitting the tag must not dodge the false-certain penalty."""
     return (not correct) and (1.0 if confidence is None else float(confidence)) >= c_star
-
 
 
 # ----------------------------------------------------------------------------- recipes
