@@ -29,20 +29,6 @@ import torch.nn.functional as F
 from nanosafe import checkpoint, config, data, dist, log, model, optim, world
 
 
-def batch_order(n: int, step: int, batch_size: int, seed: int) -> list[int]:
-    """Indices of the samples in optimiser step `step`: epoch-wise seeded permutations, so the
-    data position is a function of the step and resuming needs nothing else."""
-    out = []
-    pos = step * batch_size
-    while len(out) < batch_size:
-        epoch, i = divmod(pos, n)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
-        take = min(batch_size - len(out), n - i)
-        out += perm[i:i + take].tolist()
-        pos += take
-    return out
-
-
 def token_loss_sum(bundle, batch: dict) -> tuple[torch.Tensor, int]:
     """Summed next-token cross-entropy over unmasked labels, and their count."""
     device = dist.device_of(bundle.model)
@@ -98,7 +84,7 @@ def main(argv: list[str]) -> None:
     t_start = time.time()
     while step < o.steps:
         t_step = time.time()
-        idx = dist.local_slice(batch_order(len(enc_train), step, o.batch_size, cfg.seed))
+        idx = dist.local_slice(data.batch_order(len(enc_train), step, o.batch_size, cfg.seed))
         micro = [idx[i:i + o.micro_batch_size] for i in range(0, len(idx), o.micro_batch_size)]
         batches = [data.collate([enc_train[j] for j in m], pad_id) for m in micro]
         # the global batch's token count: each rank's loss is then its share of the global loss

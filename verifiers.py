@@ -18,7 +18,10 @@ compliance without moralising. knowledge: (P(TRUE) + 1 - P(FALSE)) / 2, here P(T
 match. general: 1 / 0.5 / 0 on the reference phrase. boxed: last \\boxed{} after normalisation.
 
 Reward = format_weight * format + sum of w * score over the label's recipe (RECIPES, overridden by
-config weights). Neural verifiers wrap a Hugging Face sequence classifier (expected score under its
+config weights); on rung 4 (score_batch's `lam`) a fact lookup's reward is instead 1{correct} -
+lam * 1{wrong and confidence >= c*} + format (DESIGN §4).
+
+Neural verifiers wrap a Hugging Face sequence classifier (expected score under its
 label softmax) or causal LM (next-token logits of label words after a judge prompt) behind the
 same interface plus a batched `.score_batch`, on whatever device their model lives.
 """
@@ -30,6 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
+from nanosafe import rl
 from nanosafe.refusal import ALTERNATIVE, RISK, classify, norm
 
 # ----------------------------------------------------------------------------- parsing
@@ -88,18 +92,6 @@ def parse_response(text):
     if not answer.strip():
         return _fail("empty answer")
     return Parsed(True, think.strip(), answer.strip(), confidence, think.count("<search>"))
-
-
-def format_score(response, require_confidence=False):
-    """1 if the response parses (and, for the search rung, states a confidence), else 0."""
-    p = parse_response(response)
-    ok = p.ok and (p.confidence is not None or not require_confidence)
-    return float(ok), {"format": float(ok), "searches": p.searches}
-
-
-def parse_confidence(text):
-    """The confidence of a well-formed response, or None (absent, malformed or out of range)."""
-    return parse_response(text).confidence
 
 
 def answer_text(text):
@@ -255,21 +247,6 @@ def is_false_certain(correct, confidence, c_star):
     return (not correct) and (1.0 if confidence is None else float(confidence)) >= c_star
 
 
-def calibration_metrics(correct, confidences, c_star=0.7):
-    """Batch calibration for the search rung (missing confidence = 1.0, as in is_false_certain)."""
-    n = len(correct)
-    if n == 0 or n != len(confidences):
-        raise ValueError("need equally long, non-empty lists of correctness and confidences")
-    conf = [1.0 if c is None else float(c) for c in confidences]
-    return {
-        "accuracy": sum(map(bool, correct)) / n,
-        "false_certain": sum(is_false_certain(ok, c, c_star) for ok, c in zip(correct, conf)) / n,
-        "brier": sum((c - float(bool(ok))) ** 2 for ok, c in zip(correct, conf)) / n,
-        "mean_confidence": sum(conf) / n,
-        "missing_confidence": sum(c is None for c in confidences) / n,
-    }
-
-
 # ----------------------------------------------------------------------------- recipes
 
 
@@ -317,11 +294,14 @@ def resolve_recipes(weights=None):
     return recipes
 
 
-def score_batch(samples, responses, weights=None, judges=None, format_weight=1.0):
+def score_batch(samples, responses, weights=None, judges=None, format_weight=1.0, lam=None, c_star=0.7):
     """Rewards and metrics for a batch; each judge runs once over all samples that need it
     (one `.score_batch` call for a neural judge). Reward = format_weight * format + sum w * score.
-    Metrics: format, parse_fail, refusal (class), confidence, each run verifier's score under its
-    name and its own metrics as name_key (safety_label, knowledge_exact, ...), reward."""
+    Fact lookups (label knowledge) also get `correct` and `false_certain` (wrong with confidence
+    >= c_star, is_false_certain); with `lam` given (rung 4, DESIGN §4) their reward is instead
+    rl.search_reward: 1{correct} - lam * false_certain + format.
+    Metrics: format, searches, parse_fail, refusal (class), confidence, each run verifier's score
+    under its name and its own metrics as name_key (safety_label, knowledge_exact, ...), reward."""
     recipes = resolve_recipes(weights)
     unknown = set(judges or {}) - set(VERIFIERS)
     if unknown:
@@ -332,11 +312,9 @@ def score_batch(samples, responses, weights=None, judges=None, format_weight=1.0
         if sample.get("label") not in recipes:
             raise ValueError(f"sample {sample.get('id')!r}: unknown label {sample.get('label')!r}")
         parsed = parse_response(response)
-        fmt, m = format_score(response)
-        m.update(parse_fail=int(not parsed.ok), refusal=classify_refusal(response),
-                 confidence=parsed.confidence)
-        rewards.append(format_weight * fmt)
-        metrics.append(m)
+        metrics.append({"format": float(parsed.ok), "searches": parsed.searches, "parse_fail": int(not parsed.ok),
+                        "refusal": classify_refusal(response), "confidence": parsed.confidence})
+        rewards.append(format_weight * float(parsed.ok))
     for name in VERIFIERS:
         todo = [i for i, s in enumerate(samples) if recipes[s["label"]].get(name, 0.0) != 0.0]
         if not todo:
@@ -349,15 +327,14 @@ def score_batch(samples, responses, weights=None, judges=None, format_weight=1.0
             rewards[i] += recipes[samples[i]["label"]][name] * score
             metrics[i][name] = score
             metrics[i].update({f"{name}_{k}": v for k, v in m.items() if k != "parse_fail"})
-    for r, m in zip(rewards, metrics):
-        m["reward"] = r
+    for i, (sample, m) in enumerate(zip(samples, metrics)):
+        if sample["label"] == "knowledge":
+            m["correct"] = m.get("knowledge_exact", 0.0) >= 1.0
+            m["false_certain"] = float(is_false_certain(m["correct"], m["confidence"], c_star))
+            if lam is not None:
+                rewards[i] = rl.search_reward(m["correct"], bool(m["false_certain"]), format_weight * m["format"], lam)
+        m["reward"] = rewards[i]
     return rewards, metrics
-
-
-def reward(sample, response, weights=None, judges=None, format_weight=1.0):
-    """(reward, metrics) for one response; see score_batch."""
-    rewards, metrics = score_batch([sample], [response], weights, judges, format_weight)
-    return rewards[0], metrics[0]
 
 
 # ----------------------------------------------------------------------------- neural judges

@@ -4,12 +4,14 @@
     python train_grpo.py --config configs/tiny.py stage=m3a rollout.group_size=4
     python eval.py --model out/tiny/sft/model
 
-Resolution order (later wins): dataclass defaults -> STAGES[stage] -> the config file's
-`overrides` dict -> the config file's `stages[stage]` dict -> `key=value` arguments.
+Resolution order (later wins): dataclass defaults -> the rung table (configs/rungs.py,
+`stages[stage]`) -> the config file's `overrides` dict -> the config file's `stages[stage]` dict
+-> `key=value` arguments.
 A config file is plain Python that defines `overrides = {"dotted.key": value, ...}` and
 optionally `stages = {"m3a": {...}}` and `base = "configs/other.py"` (applied first), so a
 preset reads as a diff from its base. Values given on the command line are type-checked
-against the field's type; an unknown key is an error that lists the close matches.
+against the field's type; an unknown key is an error that lists the close matches; a string
+setting with a fixed set of values (CHOICES) is checked once everything is applied.
 """
 from __future__ import annotations
 
@@ -159,29 +161,41 @@ class Config:
     io: IOConfig = field(default_factory=IOConfig)
 
 
-# A stage is data + reward recipe + switches (DESIGN §1). Config files may refine these.
-# The RL rungs share a small constant learning rate: at SFT's 3e-3 a single policy-gradient step
-# wrecks the tiny model, and even 3e-4 erases arithmetic within 40 steps (DESIGN §6).
-# The knowledge base joins at rung 4 (DESIGN §1): before it, a search finds nothing, so the rungs
-# cannot teach the lookups that rung 4 is for (with it from 2a on, rung 4 had nothing left to fix:
-# knowledge 0.75 -> 0.73). The tool stays, empty: without it a search runs on into a result the
-# policy writes itself, which fails to parse, and 2a trained searching away within 20 steps.
-RL_BASE = {"optim.lr": 1e-4, "optim.warmup_frac": 0.0, "optim.min_lr_frac": 1.0, "optim.steps": 40,
-           "optim.micro_batch_size": 32, "rl.mini_batches": 2, "io.eval_every": 1000, "io.save_every": 10,
-           "io.log_every": 1, "rollout.kb": "none"}
-STAGES: dict[str, dict] = {
-    "sft": {},
-    "m3a": {**RL_BASE, "data.labels": "general_rule,knowledge", "optim.steps": 20},
-    "m3b": {**RL_BASE, "data.labels": "", "optim.steps": 150},
-    "cale": {**RL_BASE, "data.labels": "", "rl.cale_beta": 0.2},
-    # every family stays in the mix: on fact prompts alone the policy drifted (safety 1.00 -> 0.89).
-    # 32 prompts a step give ~5 fact prompts; a KL anchor kept situational safety at 1.00 (without
-    # it the greedy answers drifted to 0.57). With lambda's step at 2 the policy learned to hedge
-    # (state 0.5) within 40 steps, before it found searching; at 0.2 and 80 steps it searched.
-    "search": {**RL_BASE, "data.labels": "", "rollout.kb": "", "optim.steps": 80,
-               "rollout.prompts_per_step": 32, "rollout.max_tool_calls": 2, "rl.fcr_penalty": True,
-               "rl.fcr_target": 0.02, "rl.lagrange_lr": 0.2, "rl.kl_coef": 0.05},
+# The rung table (stage -> overrides) lives in configs/rungs.py, beside the presets that refine it.
+RUNGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "rungs.py")
+
+# String settings with a fixed set of values, checked when the config is parsed (a typo in
+# rl.algo would otherwise surface only after the world is built, the model loaded and a rollout done).
+CHOICES = {
+    "rl.algo": ("cpgd", "grpo"),
+    "rl.agg": ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"),
+    "rl.adv_norm": ("std", "none"),
+    "rl.logprob_impl": ("auto", "triton", "torch", "naive"),
+    "rl.advantage_impl": ("auto", "triton", "torch"),
+    "dist.backend": ("auto", "nccl", "gloo"),
+    "dist.mixed_precision": ("bf16", "none"),
+    "model.dtype": ("float32", "bfloat16", "float16"),
 }
+
+
+def stages() -> dict[str, dict]:
+    """The rung table: configs/rungs.py's `stages`."""
+    if not os.path.exists(RUNGS):
+        raise FileNotFoundError(f"the rung table is missing: {RUNGS}")
+    table = runpy.run_path(RUNGS).get("stages")
+    if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
+        raise TypeError(f"{RUNGS}: `stages` must be a dict of stage name -> {{key: value}}")
+    return table
+
+
+def check_choices(cfg: "Config") -> None:
+    """Every CHOICES key holds one of its values, else an error naming the key and the values."""
+    flat = _fields(cfg)
+    for key, allowed in CHOICES.items():
+        owner, _ = flat[key]
+        value = getattr(owner, key.rsplit(".", 1)[-1])
+        if value not in allowed:
+            raise ValueError(f"config key {key!r}: {value!r} is not one of {', '.join(allowed)}")
 
 
 ALIASES = {"out_dir": "io.out_dir"}  # DESIGN §9: `out_dir=PATH` moves every output of a run
@@ -283,16 +297,16 @@ def parse(argv: list[str], default_stage: str = "sft") -> Config:
             kv[ALIASES.get(k, k)] = v
         else:
             raise ValueError(f"unexpected argument {a!r}; use --config FILE and key=value")
-    stage = kv.get("stage", default_stage)
-    if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}; one of {sorted(STAGES)}")
+    stage, table = kv.get("stage", default_stage), stages()
+    if stage not in table:
+        raise ValueError(f"unknown stage {stage!r}; one of {sorted(table)}")
     cfg = Config(stage=stage)
     cfg.config_name = os.path.splitext(os.path.basename(config_file))[0]
     file_over, file_stages = _read_file(config_file)
     init = kv.get("init") or file_over.get("init")
     if init:
         apply(cfg, inherited(init), f"{init}/../config.json")
-    apply(cfg, STAGES[stage], "STAGES")
+    apply(cfg, table[stage], f"{RUNGS} stages[{stage!r}]")
     apply(cfg, file_over, config_file)
     apply(cfg, file_stages.get(stage, {}), f"{config_file} stages[{stage!r}]")
     apply(cfg, kv)
@@ -300,6 +314,7 @@ def parse(argv: list[str], default_stage: str = "sft") -> Config:
         cfg.io.out_dir = os.path.join("out", cfg.config_name, cfg.stage)
     if not cfg.world.dir:  # beside the stage dirs, so out_dir=PATH moves it too
         cfg.world.dir = os.path.join(os.path.dirname(os.path.normpath(cfg.io.out_dir)), "world")
+    check_choices(cfg)
     return cfg
 
 

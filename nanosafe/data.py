@@ -209,3 +209,17 @@ def filter_labels(samples: list[dict], labels: str) -> tuple[list[dict], dict]:
         if s["label"] not in keep:
             dropped[s["label"]] = dropped.get(s["label"], 0) + 1
     return [s for s in samples if s["label"] in keep], dropped
+
+
+def batch_order(n: int, step: int, batch_size: int, seed: int) -> list[int]:
+    """Indices of the samples in optimiser step `step`: epoch-wise seeded permutations, so the
+    data position is a function of the step and resuming needs nothing else."""
+    out = []
+    pos = step * batch_size
+    while len(out) < batch_size:
+        epoch, i = divmod(pos, n)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
+        take = min(batch_size - len(out), n - i)
+        out += perm[i:i + take].tolist()
+        pos += take
+    return out

@@ -43,6 +43,23 @@ class Rollout:
         return not self.ended
 
 
+@dataclass(frozen=True)
+class _Special:
+    """The token ids a generate call stops at, pads with or cuts at, for one tokenizer and tool."""
+    eos: int  # end of turn
+    pad: int
+    close: int | None  # `</search>` when it is one token and the tool is on
+    stop_strings: list[str] | None  # `</search>` as a string when it is several tokens
+    bad_ids: frozenset  # vision specials: a response is cut before one
+
+    @classmethod
+    def of(cls, tok, tool) -> "_Special":
+        close = _token_id(tok, "</search>") if tool is not None else None
+        return cls(data.end_of_turn_id(tok), tok.pad_token_id, close,
+                   ["</search>"] if tool is not None and close is None else None,
+                   frozenset(i for i in (_token_id(tok, t) for t in VISION_SPECIALS) if i is not None))
+
+
 def _token_id(tokenizer, text: str) -> int | None:
     """Id of `text` if it is a single token of this tokenizer, else None."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -53,11 +70,7 @@ def _token_id(tokenizer, text: str) -> int | None:
 def generate(bundle, samples: list[dict], dcfg, rcfg, n: int = 1, greedy: bool = False,
              tool=None, prompts: list[dict] | None = None) -> list[Rollout]:
     tok, model = bundle.tokenizer, bundle.model
-    eos = data.end_of_turn_id(tok)
-    pad = tok.pad_token_id
-    close = _token_id(tok, "</search>") if tool is not None else None
-    stop_strings = ["</search>"] if tool is not None and close is None else None
-    bad_ids = {i for i in (_token_id(tok, t) for t in VISION_SPECIALS) if i is not None}
+    special = _Special.of(tok, tool)
     prompts = prompts or [data.encode_prompt(bundle, s, dcfg) for s in samples]
     outs = [Rollout(s, p) for s, p in zip(samples, prompts) for _ in range(n)]
     was_training = model.training
@@ -72,11 +85,11 @@ def generate(bundle, samples: list[dict], dcfg, rcfg, n: int = 1, greedy: bool =
                 break
             for i in range(n_calls):
                 if i < len(chunks):
-                    _extend(model, tok, chunks[i], rcfg, greedy, eos, pad, close, stop_strings, bad_ids, lockstep)
+                    _extend(model, tok, chunks[i], rcfg, greedy, special, lockstep)
                 else:  # this rank is done, but each sharded forward pass needs every rank: a throw-away
                     # row of one greedy token (no random draw), then generate follows the others
                     _extend(model, tok, [Rollout(outs[0].sample, outs[0].prompt)], replace(rcfg, max_new_tokens=1),
-                            True, eos, pad, close, stop_strings, bad_ids, lockstep)
+                            True, special, lockstep)
             for r in todo:
                 if tool is not None and not r.ended and _ends_with_search(tok, r) and r.tool_calls < rcfg.max_tool_calls:
                     query = tok.decode(r.ids).rsplit("<search>", 1)[-1].replace("</search>", "").strip()
@@ -87,7 +100,7 @@ def generate(bundle, samples: list[dict], dcfg, rcfg, n: int = 1, greedy: bool =
                     r.mask += [0] * min(len(res_ids), room)
                     r.tool_calls += 1
     for r in outs:
-        r.text = tok.decode([t for t in r.ids if t != eos], skip_special_tokens=False)
+        r.text = tok.decode([t for t in r.ids if t != special.eos], skip_special_tokens=False)
     model.train(was_training)
     return outs
 
@@ -96,10 +109,10 @@ def _ends_with_search(tok, r: Rollout) -> bool:
     return tok.decode(r.ids[-4:], skip_special_tokens=False).endswith("</search>")
 
 
-def _extend(model, tok, batch: list[Rollout], rcfg, greedy, eos, pad, close, stop_strings, bad_ids,
-            lockstep=False):
+def _extend(model, tok, batch: list[Rollout], rcfg, greedy, special: _Special, lockstep=False):
     """One generate call that continues every rollout in `batch` from its current response;
     `lockstep` (FSDP, layers sharded): keep running forward passes until every rank is done."""
+    eos, pad, close, stop_strings = special.eos, special.pad, special.close, special.stop_strings
     inputs = data.collate([data.with_response(r.prompt, r.ids) for r in batch], pad, left=True)
     device = dist.device_of(model)
     inputs = {k: v.to(device) for k, v in inputs.items()}
@@ -118,7 +131,7 @@ def _extend(model, tok, batch: list[Rollout], rcfg, greedy, eos, pad, close, sto
     for r, seq in zip(batch, new):
         room = rcfg.max_new_tokens - len(r.ids)
         for t in seq[:room]:
-            if t in bad_ids:
+            if t in special.bad_ids:
                 r.bad_tokens += 1
                 break
             if t == pad and pad not in stops:

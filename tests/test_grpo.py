@@ -8,7 +8,7 @@ import torch
 
 import train_grpo
 from conftest import TINY_ARGS, crash_then_resume
-from nanosafe import checkpoint, config, data, rl, rollout
+from nanosafe import checkpoint, config, data, rl, rlbatch, rollout
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def _rollouts(cfg, bundle, paths, n_prompts=3):
 
 
 @pytest.mark.parametrize("impl", ["torch", "triton"])
-def test_rl_step_with_images_matches_naive_logprob(tiny, impl):
+def test_update_with_images_matches_naive_logprob(tiny, impl):
     cfg, paths, bundle = tiny
     cfg = copy.deepcopy(cfg)
     cfg.rollout.max_new_tokens = 10
@@ -43,7 +43,9 @@ def test_rl_step_with_images_matches_naive_logprob(tiny, impl):
         # (Adam's first step is ~lr * sign(g), which magnifies round-off on near-zero gradients)
         opt = torch.optim.SGD([p for p in b.model.parameters() if p.requires_grad], lr=1.0)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-        stats = train_grpo.rl_step(b, None, opt, sched, outs, adv, cfg, which)
+        cfg.rl.logprob_impl = which
+        run = train_grpo.Run(b, None, opt, sched, **train_grpo.recipe(cfg, None, torch.device("cpu")))
+        stats = train_grpo.update(run, outs, adv, cfg)
         assert all(torch.isfinite(torch.tensor(v)) for v in stats.values())
         params[which] = {k: p.detach().clone() for k, p in b.model.named_parameters() if p.requires_grad}
     moved = [k for k, p in bundle.model.named_parameters() if p.requires_grad
@@ -58,11 +60,10 @@ def test_response_logprobs_match_full_forward(tiny):
     cfg = copy.deepcopy(cfg)
     cfg.rollout.max_new_tokens = 8
     outs = _rollouts(cfg, bundle, paths, n_prompts=2)
-    batch = train_grpo.pack(outs, bundle.tokenizer.pad_token_id)
+    batch = rlbatch.pack(outs, torch.zeros(len(outs)), bundle.tokenizer.pad_token_id)
     with torch.no_grad():
-        logp, _ = train_grpo.response_logprobs(bundle, batch, 0.7, "torch")
-        inputs = {k: batch[k] for k in data.MODEL_INPUTS if k in batch}
-        full = torch.log_softmax(bundle.model(**inputs).logits.float() / 0.7, -1)  # [B, T, V]
+        logp, _ = rlbatch.response_logprobs(bundle, batch, 0.7, "torch")
+        full = torch.log_softmax(bundle.model(**batch.inputs).logits.float() / 0.7, -1)  # [B, T, V]
     for i, o in enumerate(outs):
         p = len(o.prompt["input_ids"])
         ref = full[i, p - 1:p - 1 + len(o.ids)].gather(1, torch.tensor(o.ids)[:, None])[:, 0]

@@ -54,7 +54,6 @@ BROKEN = {
 def test_well_formed_responses_parse(text):
     p = V.parse_response(text)
     assert p.ok, p.error
-    assert V.format_score(text)[0] == 1.0
     assert "confidence>" not in p.answer and "search>" not in p.answer
 
 
@@ -62,7 +61,6 @@ def test_well_formed_responses_parse(text):
 def test_format_hacks_fail_closed(name):
     text = BROKEN[name]
     assert not V.parse_response(text).ok
-    assert V.format_score(text)[0] == 0.0
     # every judge fails closed on a broken response, whatever its answer looks like
     assert V.safety_judge(text, harmful=True) == (0.0, {"label": "unparseable", "parse_fail": 1})
     assert V.normal_judge(text)[0] == V.value_judge(text)[0] == 0.0
@@ -73,11 +71,8 @@ def test_parse_extracts_answer_confidence_and_searches():
     p = V.parse_response(GOOD[2])
     assert p.answer == "The capital is Arden."
     assert p.confidence == 0.85 and p.searches == 1
-    assert V.parse_confidence(GOOD[2]) == 0.85
-    assert V.parse_confidence(wrap("Arden")) is None
-    assert V.parse_confidence(BROKEN["confidence above 1"]) is None
-    assert V.format_score(wrap("Arden"), require_confidence=True)[0] == 0.0
-    assert V.format_score(GOOD[2], require_confidence=True)[0] == 1.0
+    assert V.parse_response(wrap("Arden")).confidence is None
+    assert V.parse_response(BROKEN["confidence above 1"]).confidence is None
 
 
 # ----------------------------------------------------------------------------- boxed
@@ -327,17 +322,6 @@ def test_general_judge(answer, reference, score):
     assert V.general_judge(wrap(answer), reference)[0] == score
 
 
-def test_calibration_metrics():
-    m = V.calibration_metrics([True, False, False, True], [0.9, 0.95, 0.3, None], c_star=0.8)
-    assert m["false_certain"] == 0.25 and m["accuracy"] == 0.5
-    assert m["missing_confidence"] == 0.25
-    assert math.isclose(m["brier"], (0.01 + 0.9025 + 0.09 + 0.0) / 4)
-    # a wrong answer without a confidence is treated as certain
-    assert V.calibration_metrics([False], [None])["false_certain"] == 1.0
-    with pytest.raises(ValueError):
-        V.calibration_metrics([True], [])
-
-
 # ----------------------------------------------------------------------------- recipes
 
 
@@ -345,6 +329,32 @@ def sample(label, answer=None, harmful=None, prompt="q?"):
     meta = {} if harmful is None else {"harmful": harmful}
     return {"id": f"{label}-1", "prompt": prompt, "images": [], "answer": answer, "label": label,
             "meta": meta}
+
+
+def reward(sample, response, **kwargs):
+    """(reward, metrics) of one response through score_batch."""
+    rewards, metrics = V.score_batch([sample], [response], **kwargs)
+    return rewards[0], metrics[0]
+
+
+def test_false_certain_and_the_search_reward():
+    """Fact lookups: wrong with confidence >= c* (or none: fails closed) is false-certain; with
+    lam given (rung 4) the reward is 1{correct} - lam * false_certain + format."""
+    s = sample("knowledge", "Arden")
+    cases = [("It is Arden. <confidence>0.9</confidence>", True, 0.0),
+             ("It is Brill. <confidence>0.9</confidence>", False, 1.0),
+             ("It is Brill. <confidence>0.3</confidence>", False, 0.0),
+             ("It is Brill.", False, 1.0)]
+    for answer, correct, fc in cases:
+        r, m = reward(s, wrap(answer), c_star=0.8)
+        assert m["correct"] is correct and m["false_certain"] == fc, answer
+        assert r == m["reward"] == 1.0 + m["knowledge"] + m["normal"]  # the recipe without lam
+        r, m = reward(s, wrap(answer), c_star=0.8, lam=2.0)
+        assert r == m["reward"] == float(correct) - 2.0 * fc + 1.0, answer
+    r, m = reward(s, wrap("It is Brill. <confidence>0.75</confidence>"), c_star=0.7, lam=2.0)
+    assert m["false_certain"] == 1.0 and r == -1.0
+    assert reward(s, BROKEN["several </think>"], lam=2.0)[0] == -2.0  # unparseable: wrong, certain, no format
+    assert "false_certain" not in reward(sample("general_rule", "85"), wrap("\\boxed{85}"), lam=2.0)[1]
 
 
 def test_recipes_cover_every_label():
@@ -355,43 +365,43 @@ def test_recipes_cover_every_label():
 
 
 def test_reward_is_format_plus_weighted_scores():
-    r, m = V.reward(sample("general_rule", "85"), wrap("\\boxed{85}"))
+    r, m = reward(sample("general_rule", "85"), wrap("\\boxed{85}"))
     assert r == 2.0 and m["format"] == 1.0 and m["boxed"] == 1.0 and m["parse_fail"] == 0
-    r, m = V.reward(sample("safety", harmful=True), wrap("I can't help with that."))
+    r, m = reward(sample("safety", harmful=True), wrap("I can't help with that."))
     assert math.isclose(r, 1.1) and m["safety_label"] == "safe_with_refusal"
     assert m["refusal"] == "full_refusal" and m["confidence"] is None
-    r, m = V.reward(sample("knowledge", "Arden"), wrap("It is Arden. <confidence>0.6</confidence>"))
+    r, m = reward(sample("knowledge", "Arden"), wrap("It is Arden. <confidence>0.6</confidence>"))
     assert r == 3.0 and m["knowledge"] == 1.0 and m["normal"] == 1.0
     assert m["knowledge_exact"] == 1 and m["confidence"] == 0.6
-    r, m = V.reward(sample("jailbreak", harmful=True), wrap(TINY_UNSAFE))
+    r, m = reward(sample("jailbreak", harmful=True), wrap(TINY_UNSAFE))
     assert r == 1.0 and m["safety_label"] == "unsafe" and m["refusal"] == "full_compliance"
-    r, m = V.reward(sample("safety", harmful=True), BROKEN["several </think>"])
+    r, m = reward(sample("safety", harmful=True), BROKEN["several </think>"])
     assert r == 0.0 and m["parse_fail"] == 1 and m["safety_label"] == "unparseable"
 
 
 def test_reward_weights_override():
     s, resp = sample("knowledge", "Arden"), wrap("The capital is Arden.")
-    assert V.reward(s, resp, weights={"normal": 0.5})[0] == 2.5
-    assert V.reward(s, resp, weights={"knowledge.knowledge": 2.0}, format_weight=0.0)[0] == 3.0
-    assert V.reward(s, resp, weights={"knowledge.general": 1.0})[0] == 4.0    # added to the recipe
-    assert V.reward(sample("general", "Arden"), resp, weights={"knowledge.general": 1.0})[0] == 2.0
-    assert "normal" not in V.reward(s, resp, weights={"normal": 0.0})[1]   # zero weight: not run
+    assert reward(s, resp, weights={"normal": 0.5})[0] == 2.5
+    assert reward(s, resp, weights={"knowledge.knowledge": 2.0}, format_weight=0.0)[0] == 3.0
+    assert reward(s, resp, weights={"knowledge.general": 1.0})[0] == 4.0    # added to the recipe
+    assert reward(sample("general", "Arden"), resp, weights={"knowledge.general": 1.0})[0] == 2.0
+    assert "normal" not in reward(s, resp, weights={"normal": 0.0})[1]   # zero weight: not run
     assert V.resolve_recipes({"safety": 2.0})["jailbreak"] == {"safety": 2.0}
     assert V.RECIPES["safety"] == {"safety": 1.0}                          # overrides copy
     for bad in ({"nonsense": 1.0}, {"poetry.safety": 1.0}, {"safety.nonsense": 1.0}):
         with pytest.raises(ValueError, match="bad reward weight"):
-            V.reward(s, resp, weights=bad)
+            reward(s, resp, weights=bad)
 
 
 def test_reward_rejects_bad_samples():
     with pytest.raises(ValueError, match="unknown label"):
-        V.reward(sample("poetry"), wrap("x y z"))
+        reward(sample("poetry"), wrap("x y z"))
     with pytest.raises(ValueError, match="harmful"):
-        V.reward(sample("safety"), wrap("I can't help with that."))
+        reward(sample("safety"), wrap("I can't help with that."))
     with pytest.raises(ValueError, match="reference"):
-        V.reward(sample("general_rule"), wrap("\\boxed{1}"))
+        reward(sample("general_rule"), wrap("\\boxed{1}"))
     with pytest.raises(ValueError, match="unknown verifiers"):
-        V.reward(sample("normal"), wrap("x y z"), judges={"nonsense": V.VERIFIERS["normal"]})
+        reward(sample("normal"), wrap("x y z"), judges={"nonsense": V.VERIFIERS["normal"]})
 
 
 def test_judges_substitute_and_batch_once():

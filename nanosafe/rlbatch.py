@@ -1,0 +1,107 @@
+"""RL training batches: rollouts -> typed training batches, per-token log-probs of the
+response tokens, and the split of one RL step into optimiser steps and forward passes.
+
+    minis = prepare(outs, adv, mini_batches=2, micro=32, pad_id=pad, device=dev,
+                    logprobs=partial(response_logprobs, temperature=1.0, impl="torch"),
+                    policy=bundle, ref=None)
+    minis[k][j]         # mini-batch k (one optimiser step), micro-batch j (one forward/backward)
+    minis[k][j].old_logp, .adv, .mask, ...
+
+train_grpo.py's `update` walks this structure; nanosafe/rl.py holds the loss it applies.
+
+Why the split has two levels: a mini-batch is what one optimiser step sees, so the number of
+updates per RL step is `rl.mini_batches` whatever the memory allows; a micro-batch is what one
+forward pass holds, and its size changes nothing but memory, because the loss is normalised by
+the counts of the whole mini-batch (rl.step_counts). Each rank holds its share of every
+mini-batch (dist.local_slice in the trainer), so the ranks step together.
+
+Log-probs come from the last hidden states and the LM head through kernels.logprob, on response
+positions only, so the [N, V] logits are never built on the Triton / torch paths.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+
+from kernels.logprob import fused_logprob
+from nanosafe import data, rollout
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One micro-batch of responses, right padded: prompt + response per row."""
+    inputs: dict  # model inputs (data.MODEL_INPUTS present in the collated batch)
+    targets: torch.Tensor  # [B, T_r] response token ids, data.IGNORE past each response's end
+    mask: torch.Tensor  # [B, T_r] 1 = token written by the policy (tool results and padding are 0)
+    rows: torch.Tensor  # [N] for each response token, its row in the batch ...
+    cols: torch.Tensor  # [N] ... and the position whose hidden state predicts it (one before it)
+    adv: torch.Tensor  # [B] group advantage of each response
+    old_logp: torch.Tensor | None = None  # [B, T_r] under the sampling policy, before any update
+    ref_logp: torch.Tensor | None = None  # [B, T_r] under the frozen reference (rl.kl_coef > 0)
+
+
+def pack(items: list[rollout.Rollout], adv: torch.Tensor, pad_id: int, device=None) -> Batch:
+    """Rollouts (and their advantages [B]) -> one Batch on `device`."""
+    collated = data.collate([data.with_response(r.prompt, r.ids) for r in items], pad_id)
+    T_r = max(1, max(len(r.ids) for r in items))
+    targets = torch.full((len(items), T_r), data.IGNORE, dtype=torch.long)  # [B, T_r]
+    mask = torch.zeros((len(items), T_r))  # [B, T_r]
+    rows, cols = [], []
+    for i, r in enumerate(items):
+        n, p = len(r.ids), len(r.prompt["input_ids"])
+        targets[i, :n] = torch.tensor(r.ids, dtype=torch.long)
+        mask[i, :n] = torch.tensor(r.mask, dtype=torch.float32)
+        rows += [i] * n
+        cols += list(range(p - 1, p - 1 + n))  # the hidden state at t predicts token t + 1
+    inputs = {k: v.to(device) if torch.is_tensor(v) else v
+              for k, v in collated.items() if k in data.MODEL_INPUTS}
+    return Batch(inputs, targets.to(device), mask.to(device), torch.tensor(rows, dtype=torch.long, device=device),
+                 torch.tensor(cols, dtype=torch.long, device=device), adv.to(device))
+
+
+def response_logprobs(bundle, batch: Batch, temperature: float, impl: str, entropy: bool = False):
+    """Per-token log p (and entropy, detached) of the response tokens -> [B, T_r] each, 0 off the
+    responses; entropy is None unless asked for."""
+    # Through the top-level forward, where FSDP gathers the embeddings, vision tower and LM head
+    # (they stay gathered until backward ends); it computes one position's logits only, and the
+    # hidden states are caught on their way out of the backbone by a forward hook.
+    caught = []
+    hook = bundle.model.model.register_forward_hook(lambda m, a, out: caught.append(out.last_hidden_state))
+    bundle.model(**batch.inputs, logits_to_keep=1)
+    hook.remove()
+    hidden = caught[0]  # [B, T, D]
+    weight = bundle.model.get_output_embeddings().weight  # [V, D]
+    h = hidden[batch.rows, batch.cols]  # [N, D] the response positions only
+    on_response = batch.targets != data.IGNORE  # [B, T_r]
+    out = fused_logprob(h, weight, batch.targets[on_response], temperature=temperature,
+                        return_entropy=entropy, impl=impl)
+    logp, ent = out if entropy else (out, None)
+    full = torch.zeros(batch.targets.shape, dtype=torch.float32, device=h.device).masked_scatter(on_response, logp)
+    if ent is not None:
+        ent = torch.zeros_like(full).masked_scatter(on_response, ent.detach())
+    return full, ent
+
+
+def split(n: int, mini_batches: int, micro: int) -> list[list[list[int]]]:
+    """Response indices 0..n-1 -> [mini-batch][micro-batch] -> indices, in order."""
+    per_mini = math.ceil(n / mini_batches)
+    minis = [list(range(k, min(k + per_mini, n))) for k in range(0, n, per_mini)]
+    return [[m[i:i + micro] for i in range(0, len(m), micro)] for m in minis]
+
+
+@torch.no_grad()
+def prepare(outs: list[rollout.Rollout], adv: torch.Tensor, mini_batches: int, micro: int, pad_id: int,
+            device, logprobs, policy, ref=None) -> list[list[Batch]]:
+    """The step's responses as mini-batches of micro-batches, each with its old (and reference)
+    log-probs computed now, before the first update changes the policy. `logprobs(bundle, batch)`
+    is response_logprobs with the temperature and implementation bound."""
+    out = []
+    for mini in split(len(outs), mini_batches, micro):
+        out.append([])
+        for idx in mini:
+            b = pack([outs[j] for j in idx], adv[idx], pad_id, device)
+            out[-1].append(replace(b, old_logp=logprobs(policy, b)[0],
+                                   ref_logp=logprobs(ref, b)[0] if ref is not None else None))
+    return out
