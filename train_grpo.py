@@ -39,7 +39,7 @@ import eval as evaluation
 import verifiers
 from kernels.advantage import group_advantages_triton
 from kernels.logprob import fused_logprob
-from nanosafe import checkpoint, config, data, dist, log, model, optim, rl, rollout, search, world
+from nanosafe import checkpoint, config, data, dist, log, model, nonfinite, optim, rl, rollout, runs, search, world
 from train_sft import batch_order
 
 
@@ -107,8 +107,10 @@ def rewards_for(outs, cfg, lam: float, judges=None) -> tuple[torch.Tensor, list[
     return torch.tensor(rewards, dtype=torch.float32), metrics
 
 
-def rl_step(bundle, ref, opt, sched, outs, adv, cfg, impl: str) -> dict:
-    """Old/ref log-probs, then epochs x mini-batches of accumulated micro-batch updates."""
+def rl_step(bundle, ref, opt, sched, outs, adv, cfg, impl: str, guard: nonfinite.Guard | None = None) -> dict:
+    """Old/ref log-probs, then epochs x mini-batches of accumulated micro-batch updates; an update
+    whose gradient norm is not finite (or of a step the guard marked) is skipped."""
+    guard = guard or nonfinite.Guard(cfg.optim.max_nonfinite)
     r, T = cfg.rl, cfg.rollout.temperature
     pad_id = bundle.tokenizer.pad_token_id
     device = dist.device_of(bundle.model)
@@ -147,8 +149,9 @@ def rl_step(bundle, ref, opt, sched, outs, adv, cfg, impl: str) -> dict:
                         ratio_max = max(ratio_max, float(v))
                     else:
                         stats[key] += w * float(v)
-            stats["grad_norm"] += dist.clip_grad_norm_(bundle.model, cfg.optim.grad_clip)
-            opt.step()
+            grad_norm = dist.clip_grad_norm_(bundle.model, cfg.optim.grad_clip)
+            stats["grad_norm"] += grad_norm
+            guard.update(opt, grad_norm=grad_norm)
             sched.step()
             opt.zero_grad(set_to_none=True)
             n_updates += 1
@@ -177,8 +180,7 @@ def main(argv: list[str]) -> None:
     if not (cfg.init or cfg.model.init):
         raise SystemExit("RL needs a starting policy: init=<hf model dir> (e.g. out/tiny/sft/model)")
     device = dist.init(cfg.dist)
-    if dist.is_main():
-        config.save(cfg)
+    run = runs.start(cfg)  # lock out_dir, check a resume's settings; writes nothing else
     torch.manual_seed(cfg.seed + dist.rank())  # each rank samples its own stream
     paths = dist.main_first(world.build, cfg.world, cfg.world.dir)
     prompts, dropped = data.filter_labels(data.read_jsonl(cfg.data.train or paths["rl"]), cfg.data.labels)
@@ -198,6 +200,7 @@ def main(argv: list[str]) -> None:
     advantages = group_advantages_triton if adv_impl == "triton" else rl.group_advantages
     judges = verifiers.load_judges(cfg.verifiers.judges, device) if cfg.verifiers.judges else None
 
+    run.commit()  # everything read and checked: the run starts, config.json is written
     steps = cfg.optim.steps
     opt, sched = optim.make(bundle.model, cfg.optim, steps * cfg.rl.epochs * cfg.rl.mini_batches)
     ckpt_dir, step, lam = os.path.join(cfg.io.out_dir, "ckpt"), 0, cfg.rl.lagrange_init
@@ -207,6 +210,7 @@ def main(argv: list[str]) -> None:
         if dist.is_main():
             print(f"resumed from {ckpt_dir} at step {step}")
     logger = log.Logger(cfg.io.out_dir, steps, step, enabled=dist.is_main(), progress=cfg.io.progress)
+    guard = nonfinite.Guard(cfg.optim.max_nonfinite, logger.print)
     G = cfg.rollout.group_size
     while step < steps:
         t0 = time.time()
@@ -220,7 +224,8 @@ def main(argv: list[str]) -> None:
         adv = advantages(rewards.to(device), G, norm=cfg.rl.adv_norm, lengths=lengths.to(device),
                          cale_beta=cfg.rl.cale_beta, cale_tau=None if cfg.rl.cale_tau < 0 else cfg.rl.cale_tau)
         t_rew = time.time()
-        stats = rl_step(bundle, ref, opt, sched, outs, adv.float(), cfg, impl)
+        guard.check(step + 1, reward=rewards, adv=adv)  # a NaN reward makes its group's adv NaN
+        stats = rl_step(bundle, ref, opt, sched, outs, adv.float(), cfg, impl, guard)
         t_upd = time.time()
         # the metrics and lam cover the whole step: every rank's responses
         outs, vmetrics, rewards, adv = zip(*dist.gather_objects(
@@ -261,6 +266,7 @@ def main(argv: list[str]) -> None:
     model.export(bundle, os.path.join(cfg.io.out_dir, "model"))
     if dist.is_main():
         print(f"done: {step} steps; exported {cfg.io.out_dir}/model")
+    run.close()
     dist.close()
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import os
 import runpy
 import typing
@@ -43,7 +44,7 @@ class ModelConfig:
 @dataclass
 class WorldConfig:
     seed: int = 0
-    dir: str = ""  # "" -> out/<config name>/world
+    dir: str = ""  # root of the world cache; "" -> out/<config name>/worlds (nanosafe.world)
     n_sft: int = 12000  # SFT examples (all families)
     n_rl: int = 1200  # RL prompts
     n_heldout_per_family: int = 64  # 24 left a one-prompt swing of 0.04 on a family's score
@@ -79,6 +80,7 @@ class OptimConfig:
     batch_size: int = 32  # sequences per optimiser step (global, all ranks)
     micro_batch_size: int = 32
     steps: int = 1200
+    max_nonfinite: int = 3  # updates skipped for a non-finite loss/grad/reward before the run stops
 
 
 @dataclass
@@ -140,6 +142,7 @@ class IOConfig:
     eval_samples: int = 4  # sampled completions per held-out prompt (summary_sampled)
     progress: bool = True
     log_rollouts: bool = False  # every RL rollout (id, text, reward, advantage) to samples.jsonl
+    overwrite: bool = False  # start afresh in an out_dir that holds a run (its ckpt, metrics, model go)
 
 
 @dataclass
@@ -235,9 +238,15 @@ def apply(cfg: Config, overrides: dict, source: str = "command line") -> Config:
     return cfg
 
 
-def _read_file(path: str) -> tuple[dict, dict]:
+def _read_file(path: str, chain: tuple[str, ...] = ()) -> tuple[dict, dict]:
+    """A config file's (overrides, stages), its `base` chain applied first. `base` is relative to
+    the file that names it, so a preset works from any working directory."""
     if not os.path.exists(path):
-        raise FileNotFoundError(f"config file not found: {path}")
+        raise FileNotFoundError(f"config file not found: {path}" +
+                                (f" (the base of {chain[-1]})" if chain else ""))
+    real = os.path.realpath(path)
+    if real in chain:
+        raise ValueError("config base loop: " + " -> ".join(chain[chain.index(real):] + (real,)))
     ns = runpy.run_path(path)
     unknown = set(ns) - {"overrides", "stages", "base"} - {k for k in ns if k.startswith("_")}
     unknown = {k for k in unknown if not callable(ns[k]) and not isinstance(ns[k], type(os))}
@@ -245,8 +254,15 @@ def _read_file(path: str) -> tuple[dict, dict]:
         raise KeyError(f"{path}: unexpected top-level names {sorted(unknown)}; a config file "
                        "defines `overrides`, `stages` and optionally `base`")
     overrides, stages = dict(ns.get("overrides", {})), dict(ns.get("stages", {}))
+    bad = set(stages) - set(STAGES)
+    if bad:
+        raise KeyError(f"{path}: stages has unknown stage(s) {sorted(bad)}; one of {sorted(STAGES)}")
     if "base" in ns:
-        base_over, base_stages = _read_file(ns["base"])
+        base = ns["base"]
+        if not isinstance(base, str):
+            raise ValueError(f"{path}: base must be a path string, got {base!r}")
+        base = base if os.path.isabs(base) else os.path.join(os.path.dirname(path), base)
+        base_over, base_stages = _read_file(base, chain + (real,))
         overrides = {**base_over, **overrides}
         for s, d in base_stages.items():
             stages[s] = {**d, **stages.get(s, {})}
@@ -259,8 +275,12 @@ def inherited(model_dir: str) -> dict:
     path = os.path.join(os.path.dirname(os.path.normpath(model_dir)), "config.json")
     if not os.path.exists(path):
         return {}
-    with open(path) as f:
-        run = json.load(f)
+    try:
+        with open(path) as f:
+            run = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}); it is the config of "
+                         f"the run that wrote {model_dir}") from None
     keep = {f"world.{k}": v for k, v in run.get("world", {}).items()}
     keep["data.system_prompt"] = run.get("data", {}).get("system_prompt", DataConfig.system_prompt)
     return keep
@@ -298,16 +318,66 @@ def parse(argv: list[str], default_stage: str = "sft") -> Config:
     apply(cfg, kv)
     if not cfg.io.out_dir:
         cfg.io.out_dir = os.path.join("out", cfg.config_name, cfg.stage)
-    if not cfg.world.dir:  # beside the stage dirs, so out_dir=PATH moves it too
-        cfg.world.dir = os.path.join(os.path.dirname(os.path.normpath(cfg.io.out_dir)), "world")
-    return cfg
+    if not cfg.world.dir:  # beside the stage dirs, so out_dir=PATH moves it too (nanosafe.world)
+        cfg.world.dir = os.path.join(os.path.dirname(os.path.normpath(cfg.io.out_dir)), "worlds")
+    return validate(cfg)
 
 
 def save(cfg: Config, verbose: bool = True) -> None:
-    """Print the resolved config and write it to out_dir/config.json."""
+    """Print the resolved config and write it to out_dir/config.json, atomically (a temporary file
+    renamed over it), so a crash never leaves half a config."""
     os.makedirs(cfg.io.out_dir, exist_ok=True)
     text = json.dumps(dataclasses.asdict(cfg), indent=2)
     if verbose:
         print(text)
-    with open(os.path.join(cfg.io.out_dir, "config.json"), "w") as f:
+    path = os.path.join(cfg.io.out_dir, "config.json")
+    with open(path + ".tmp", "w") as f:
         f.write(text + "\n")
+    os.replace(path + ".tmp", path)
+
+
+# Keys that must be >= 1 (a zero divides by zero or trains nothing) and choice-valued keys.
+POSITIVE = ("optim.batch_size", "optim.micro_batch_size", "optim.steps", "rollout.prompts_per_step",
+            "rollout.group_size", "rollout.max_new_tokens", "rollout.gen_batch_size", "rl.epochs",
+            "rl.mini_batches", "io.log_every", "io.eval_every", "io.save_every", "io.eval_samples",
+            "data.max_prompt_len", "data.max_len", "world.n_sft", "world.n_rl",
+            "world.n_heldout_per_family", "world.image_size", "model.hidden_size",
+            "model.intermediate_size", "model.num_layers", "model.num_heads", "model.num_kv_heads",
+            "model.vision_depth", "model.vision_hidden", "model.vocab_size")
+CHOICES = {"rl.algo": ("cpgd", "grpo"), "rl.adv_norm": ("std", "none"),
+           "rl.logprob_impl": ("auto", "triton", "torch", "naive"),
+           "rl.advantage_impl": ("auto", "triton", "torch"), "dist.backend": ("auto", "nccl", "gloo")}
+FRACTIONS = ("optim.min_lr_frac", "optim.warmup_frac", "world.unsafe_frac", "world.refusal_frac",
+             "world.verbose_frac", "world.tempting_frac", "world.guess_frac")
+
+
+def validate(cfg: Config) -> Config:
+    """Impossible values -> ValueError naming the config key, before a run writes anything:
+    every number finite (verifier weights included), counts >= 1, fractions in [0, 1]."""
+    flat = {k: getattr(owner, k.rsplit(".", 1)[-1]) for k, (owner, _) in _fields(cfg).items()}
+    for key, v in flat.items():
+        nums = v.items() if isinstance(v, dict) else [("", v)]
+        for sub, x in nums:
+            if isinstance(x, float) and not math.isfinite(x):
+                raise ValueError(f"config key {key}{f'[{sub!r}]' if sub else ''}: {x} is not finite")
+    for key in POSITIVE:
+        if flat[key] < 1:
+            raise ValueError(f"config key {key}: must be >= 1, got {flat[key]}")
+    for key, allowed in CHOICES.items():
+        if flat[key] not in allowed:
+            raise ValueError(f"config key {key}: {flat[key]!r} is not one of {allowed}")
+    for key in FRACTIONS:
+        if not 0.0 <= flat[key] <= 1.0:
+            raise ValueError(f"config key {key}: must be in [0, 1], got {flat[key]}")
+    if flat["optim.lr"] < 0 or flat["optim.grad_clip"] <= 0:
+        raise ValueError("config keys optim.lr >= 0 and optim.grad_clip > 0 are required, got "
+                         f"{flat['optim.lr']} and {flat['optim.grad_clip']}")
+    if flat["rollout.temperature"] <= 0 or not 0 < flat["rollout.top_p"] <= 1:
+        raise ValueError("config keys rollout.temperature > 0 and rollout.top_p in (0, 1] are required, "
+                         f"got {flat['rollout.temperature']} and {flat['rollout.top_p']}")
+    if cfg.stage == "sft" and flat["optim.batch_size"] % flat["optim.micro_batch_size"]:
+        raise ValueError(f"config key optim.batch_size ({flat['optim.batch_size']}) must be a multiple "
+                         f"of optim.micro_batch_size ({flat['optim.micro_batch_size']})")
+    if flat["optim.max_nonfinite"] < 0:
+        raise ValueError(f"config key optim.max_nonfinite: must be >= 0, got {flat['optim.max_nonfinite']}")
+    return cfg
