@@ -7,9 +7,12 @@
 Resolution order (later wins): dataclass defaults -> STAGES[stage] -> the config file's
 `overrides` dict -> the config file's `stages[stage]` dict -> `key=value` arguments.
 A config file is plain Python that defines `overrides = {"dotted.key": value, ...}` and
-optionally `stages = {"m3a": {...}}` and `base = "configs/other.py"` (applied first), so a
-preset reads as a diff from its base. Values given on the command line are type-checked
-against the field's type; an unknown key is an error that lists the close matches.
+optionally `stages = {"m3a": {...}}` (known stages only) and `base = "other.py"` (a path
+relative to the file itself; applied first; a loop is an error), so a preset reads as a diff
+from its base. Values given on the command line are type-checked against the field's type; an
+unknown key is an error that lists the close matches. `validate` then rejects impossible values
+(a count below 1, a NaN or inf, a fraction outside [0, 1]) naming the key, before a run writes
+anything.
 """
 from __future__ import annotations
 
@@ -336,14 +339,17 @@ def save(cfg: Config, verbose: bool = True) -> None:
     os.replace(path + ".tmp", path)
 
 
-# Keys that must be >= 1 (a zero divides by zero or trains nothing) and choice-valued keys.
+# What validate() checks by key: counts (a zero divides by zero or trains nothing), coefficients,
+# choices and fractions.
 POSITIVE = ("optim.batch_size", "optim.micro_batch_size", "optim.steps", "rollout.prompts_per_step",
             "rollout.group_size", "rollout.max_new_tokens", "rollout.gen_batch_size", "rl.epochs",
-            "rl.mini_batches", "io.log_every", "io.eval_every", "io.save_every", "io.eval_samples",
+            "rl.mini_batches", "io.log_every", "io.eval_every", "io.save_every",
             "data.max_prompt_len", "data.max_len", "world.n_sft", "world.n_rl",
             "world.n_heldout_per_family", "world.image_size", "model.hidden_size",
             "model.intermediate_size", "model.num_layers", "model.num_heads", "model.num_kv_heads",
             "model.vision_depth", "model.vision_hidden", "model.vocab_size")
+NONNEGATIVE = ("io.eval_samples", "optim.max_nonfinite", "rollout.max_tool_calls", "optim.weight_decay",
+               "rl.clip_lo", "rl.clip_hi", "rl.drift_coef", "rl.kl_coef", "rl.cale_beta", "rl.lagrange_lr")
 CHOICES = {"rl.algo": ("cpgd", "grpo"), "rl.adv_norm": ("std", "none"),
            "rl.logprob_impl": ("auto", "triton", "torch", "naive"),
            "rl.advantage_impl": ("auto", "triton", "torch"), "dist.backend": ("auto", "nccl", "gloo")}
@@ -353,7 +359,8 @@ FRACTIONS = ("optim.min_lr_frac", "optim.warmup_frac", "world.unsafe_frac", "wor
 
 def validate(cfg: Config) -> Config:
     """Impossible values -> ValueError naming the config key, before a run writes anything:
-    every number finite (verifier weights included), counts >= 1, fractions in [0, 1]."""
+    every number finite (verifier weights included), counts >= 1, coefficients >= 0, fractions in
+    [0, 1], choices from their list."""
     flat = {k: getattr(owner, k.rsplit(".", 1)[-1]) for k, (owner, _) in _fields(cfg).items()}
     for key, v in flat.items():
         nums = v.items() if isinstance(v, dict) else [("", v)]
@@ -363,6 +370,9 @@ def validate(cfg: Config) -> Config:
     for key in POSITIVE:
         if flat[key] < 1:
             raise ValueError(f"config key {key}: must be >= 1, got {flat[key]}")
+    for key in NONNEGATIVE:
+        if flat[key] < 0:
+            raise ValueError(f"config key {key}: must be >= 0, got {flat[key]}")
     for key, allowed in CHOICES.items():
         if flat[key] not in allowed:
             raise ValueError(f"config key {key}: {flat[key]!r} is not one of {allowed}")
@@ -378,6 +388,4 @@ def validate(cfg: Config) -> Config:
     if cfg.stage == "sft" and flat["optim.batch_size"] % flat["optim.micro_batch_size"]:
         raise ValueError(f"config key optim.batch_size ({flat['optim.batch_size']}) must be a multiple "
                          f"of optim.micro_batch_size ({flat['optim.micro_batch_size']})")
-    if flat["optim.max_nonfinite"] < 0:
-        raise ValueError(f"config key optim.max_nonfinite: must be >= 0, got {flat['optim.max_nonfinite']}")
     return cfg

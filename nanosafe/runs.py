@@ -137,7 +137,11 @@ def _alive(pid) -> bool:
         return False
     except PermissionError:  # someone else's process
         return True
-    return True
+    try:  # a killed run its parent has not reaped yet is a zombie: dead for our purpose
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def acquire(out_dir: str) -> str:
@@ -155,7 +159,7 @@ def acquire(out_dir: str) -> str:
                                f"({path}); if that run is gone, delete the lock file") from None
             if _alive(owner.get("pid")):
                 raise RunError(f"{out_dir} is in use by another run (pid {owner['pid']}, {path}); wait for "
-                               f"it, or use another out_dir") from None
+                               f"it, or use another out_dir (if no run uses it, delete the lock file)") from None
             print(f"taking over the stale lock {path}: its run (pid {owner.get('pid')}) is no longer running")
             try:  # renamed, not removed: of two runs taking it over at once, one finds it gone
                 os.rename(path, f"{path}.stale-{me['pid']}")
@@ -196,8 +200,9 @@ class Run:
     def close(self) -> None:
         if self.lock:
             release(self.lock)
-            if self.created and not os.listdir(self.cfg.io.out_dir):
-                os.rmdir(self.cfg.io.out_dir)
+            out = self.cfg.io.out_dir
+            if self.created and os.path.isdir(out) and not os.listdir(out):
+                os.rmdir(out)
             self.lock = None
 
 

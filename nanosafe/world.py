@@ -2,14 +2,15 @@
 
     python -m nanosafe.world out/tiny/worlds       # writes the files below (train_sft.py does it too)
 
-Files written to `<root>/world-<hash>/` (see `build` for the cache layout; DESIGN §3 schema, one JSON object a line; image paths are relative to
-the JSONL file):
+Files written to `<root>/world-<hash of the settings>/` (the cache layout: see `build`), in the
+DESIGN §3 schema, one JSON object a line; image paths are relative to the JSONL file:
     sft.jsonl      prompts + responses of a deliberately base-model-like policy (rung 1)
     rl.jsonl       prompts for the RL rungs (train templates, fresh entities for fact lookups)
     heldout.jsonl  evaluation prompts: templates and entities never seen in training; they carry
                    base-like responses too, so SFT can report a held-out loss
     kb.jsonl       the local knowledge base behind the fact-lookup family (rung 4's search tool)
     images/*.png   pillow-drawn situational scenes
+    world.json     the settings it was built from (its identity)
 
 Seven task families mirror the rungs (DESIGN §6). The SFT mix behaves like a base model, and its
 failures hang on the template or entity, or are the majority of a coin, never a minority one

@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -233,6 +234,19 @@ def test_stale_lock_is_taken_over(tmp_path, capsys):
     assert not os.path.exists(path)
 
 
+def test_lock_of_a_killed_unreaped_run_is_stale(tmp_path):
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        for _ in range(100):  # until it has exited (not reaped: no wait() yet)
+            with open(f"/proc/{zombie.pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    break
+            time.sleep(0.05)
+        assert not runs._alive(zombie.pid) and runs._alive(os.getpid())
+    finally:
+        zombie.wait()
+
+
 def test_lock_of_another_host_is_never_taken_over(tmp_path):
     (tmp_path / runs.LOCK).write_text(json.dumps({"pid": 1, "host": "elsewhere"}))
     with pytest.raises(runs.RunError, match="pid 1 on host elsewhere.*delete the lock"):
@@ -353,6 +367,9 @@ def test_base_loop_and_unknown_stage_are_errors(tmp_path):
     (tmp_path / "b.py").write_text('base = "a.py"\noverrides = {}\n')
     with pytest.raises(ValueError, match=r"config base loop: .*a.py -> .*b.py -> .*a.py"):
         config.parse(["--config", str(tmp_path / "a.py")])
+    (tmp_path / "d.py").write_text('base = "gone.py"\n')
+    with pytest.raises(FileNotFoundError, match=r"gone.py \(the base of .*d.py\)"):
+        config.parse(["--config", str(tmp_path / "d.py")])
     (tmp_path / "c.py").write_text('stages = {"m3": {"optim.lr": 1.0}}\n')
     with pytest.raises(KeyError, match=r"c.py: stages has unknown stage\(s\) \['m3'\]"):
         config.parse(["--config", str(tmp_path / "c.py")])
