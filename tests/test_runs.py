@@ -79,6 +79,13 @@ def test_init_dir_without_tokenizer_is_an_error_before_writing(finished, tmp_pat
         train_grpo.main(TINY_ARGS + [f"init={tmp_path}/nowhere", f"out_dir={tmp_path}/m3a"])
 
 
+def test_unreadable_inherited_config_names_the_file(tmp_path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "config.json").write_text('{"world": ')  # cut short
+    with pytest.raises(ValueError, match=r"config.json: not valid JSON .*the run that wrote"):
+        config.parse([f"init={tmp_path}/model", "stage=m3a"])
+
+
 def test_config_json_written_atomically(tmp_path):
     cfg = config.parse([f"out_dir={tmp_path}/x"])
     config.save(cfg, verbose=False)
