@@ -39,7 +39,7 @@ import torch
 
 import verifiers
 from kernels.advantage import group_advantages_triton
-from nanosafe import checkpoint, config, data, dist, log, model, optim, rl, rlbatch, rollout, search, world
+from nanosafe import checkpoint, config, data, dist, log, model, nonfinite, optim, rl, rlbatch, rollout, runs, search, world
 from nanosafe.evaluate import evaluate
 
 
@@ -60,6 +60,8 @@ class Run:
     judges: dict | None = None
     logger: log.Logger | None = None
     ckpt_dir: str = ""
+    out: runs.Run | None = None  # the out dir's lock and config.json
+    guard: nonfinite.Guard | None = None  # skips non-finite steps, stops after optim.max_nonfinite
     step: int = 0  # where the run resumes
     lam: float = 0.0  # rung 4's Lagrange multiplier, saved in the checkpoint
 
@@ -100,7 +102,8 @@ def main(argv: list[str]) -> None:
         lengths = torch.tensor([sum(o.mask) for o in outs], dtype=torch.float32)  # [B * G] policy tokens
         adv = run.advantages(rewards.to(device), G, lengths=lengths.to(device))  # 3. advantages [B * G]
         clock.append(time.time())
-        stats = update(run, outs, adv.float(), cfg)  # 4. update
+        run.guard.check(step + 1, reward=rewards, adv=adv)  # a NaN reward makes its group's adv NaN
+        stats = update(run, outs, adv.float(), cfg)  # 4. update (skipped if the guard marked the step)
         clock.append(time.time())
         step += 1
         metrics, rows = step_metrics(outs, vmetrics, rewards, adv, lengths, G, clock)
@@ -114,6 +117,7 @@ def main(argv: list[str]) -> None:
     model.export(run.policy, os.path.join(cfg.io.out_dir, "model"))
     if dist.is_main():
         print(f"done: {step} steps; exported {cfg.io.out_dir}/model")
+    run.out.close()
     dist.close()
 
 
@@ -142,8 +146,9 @@ def update(run: Run, outs: list[rollout.Rollout], adv: torch.Tensor, cfg) -> dic
                         ratio_max = max(ratio_max, float(v))
                     else:
                         stats[key] += share * float(v)
-            stats["grad_norm"] += dist.clip_grad_norm_(run.policy.model, cfg.optim.grad_clip)
-            run.opt.step()
+            grad_norm = dist.clip_grad_norm_(run.policy.model, cfg.optim.grad_clip)
+            stats["grad_norm"] += grad_norm
+            run.guard.update(run.opt, grad_norm=grad_norm)  # opt.step() unless something is not finite
             run.sched.step()
             run.opt.zero_grad(set_to_none=True)
             n_updates += 1
@@ -207,8 +212,7 @@ def setup(cfg) -> Run:
     if not (cfg.init or cfg.model.init):
         raise SystemExit("RL needs a starting policy: init=<hf model dir> (e.g. out/tiny/sft/model)")
     device = dist.init(cfg.dist)
-    if dist.is_main():
-        config.save(cfg)
+    out = runs.start(cfg)  # lock out_dir, check a resume's settings; writes nothing else
     torch.manual_seed(cfg.seed + dist.rank())  # each rank samples its own stream
     paths = dist.main_first(world.build, cfg.world, cfg.world.dir)
     prompts, dropped = data.filter_labels(data.read_jsonl(cfg.data.train or paths["rl"]), cfg.data.labels)
@@ -224,6 +228,7 @@ def setup(cfg) -> Run:
                            policy.tokenizer, policy.image_processor)
     policy.model = dist.shard(policy.model, cfg.dist)
     judges = verifiers.load_judges(cfg.verifiers.judges, device) if cfg.verifiers.judges else None
+    out.commit()  # everything read and checked: the run starts, config.json is written (io.overwrite clears here)
     opt, sched = optim.make(policy.model, cfg.optim, cfg.optim.steps * cfg.rl.epochs * cfg.rl.mini_batches)
     ckpt_dir, step, lam = os.path.join(cfg.io.out_dir, "ckpt"), 0, cfg.rl.lagrange_init
     if checkpoint.exists(ckpt_dir):
@@ -233,7 +238,8 @@ def setup(cfg) -> Run:
             print(f"resumed from {ckpt_dir} at step {step}")
     logger = log.Logger(cfg.io.out_dir, cfg.optim.steps, step, enabled=dist.is_main(), progress=cfg.io.progress)
     return Run(policy, ref, opt, sched, **recipe(cfg, judges, device), prompts=prompts, held=held, tool=tool,
-               judges=judges, logger=logger, ckpt_dir=ckpt_dir, step=step, lam=lam)
+               judges=judges, logger=logger, ckpt_dir=ckpt_dir, step=step, lam=lam, out=out,
+               guard=nonfinite.Guard(cfg.optim.max_nonfinite, logger.print))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ so the RL rungs have unsafe answers, needless refusals, padding and guesses to f
 """
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
@@ -26,7 +25,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from nanosafe import checkpoint, config, data, dist, log, model, optim, world
+from nanosafe import checkpoint, config, data, dist, log, model, nonfinite, optim, runs, world
 
 
 def token_loss_sum(bundle, batch: dict) -> tuple[torch.Tensor, int]:
@@ -54,9 +53,10 @@ def heldout_loss(bundle, encoded: list[dict], pad_id: int, micro: int) -> float:
 
 def main(argv: list[str]) -> None:
     cfg = config.parse(argv, default_stage="sft")
+    if cfg.stage != "sft":
+        raise SystemExit(f"train_sft.py runs stage=sft; stage={cfg.stage} is train_grpo.py's")
     dist.init(cfg.dist)
-    if dist.is_main():
-        config.save(cfg)
+    run = runs.start(cfg)  # lock out_dir, check a resume's settings; writes nothing else
     torch.manual_seed(cfg.seed)
     paths = dist.main_first(world.build, cfg.world, cfg.world.dir)
     train = data.read_jsonl(cfg.data.train or paths["sft"], need_response=True)
@@ -71,8 +71,8 @@ def main(argv: list[str]) -> None:
         print(f"params {model.n_params(bundle.model) / 1e6:.2f}M | train {len(enc_train)} | heldout "
               f"{len(enc_held)} | encoded in {time.time() - t0:.1f}s | ranks {dist.world_size()}")
 
+    run.commit()  # everything read and checked: the run starts, config.json is written
     o = cfg.optim
-    assert o.batch_size % o.micro_batch_size == 0, "optim.batch_size must be a multiple of micro_batch_size"
     opt, sched = optim.make(bundle.model, o, o.steps)
     ckpt_dir, step = os.path.join(cfg.io.out_dir, "ckpt"), 0
     if checkpoint.exists(ckpt_dir):
@@ -80,6 +80,7 @@ def main(argv: list[str]) -> None:
         if dist.is_main():
             print(f"resumed from {ckpt_dir} at step {step}")
     logger = log.Logger(cfg.io.out_dir, o.steps, step, enabled=dist.is_main(), progress=cfg.io.progress)
+    guard = nonfinite.Guard(o.max_nonfinite, logger.print)
     bundle.model.train()
     t_start = time.time()
     while step < o.steps:
@@ -96,7 +97,7 @@ def main(argv: list[str]) -> None:
             loss_total += s.item() / n_tokens
         loss_total = dist.all_reduce_sum(loss_total)
         grad_norm = dist.clip_grad_norm_(bundle.model, o.grad_clip)
-        opt.step()
+        guard.update(opt, step + 1, loss=loss_total, grad_norm=grad_norm)  # opt.step() if all finite
         sched.step()
         opt.zero_grad(set_to_none=True)
         step += 1
@@ -108,14 +109,13 @@ def main(argv: list[str]) -> None:
         if step % cfg.io.log_every == 0 or "heldout_loss" in metrics:
             logger.log(step, metrics, show=("loss", "heldout_loss", "grad_norm"))
         logger.advance()
-        if not math.isfinite(loss_total):
-            raise FloatingPointError(f"loss is {loss_total} at step {step}")
         if step % cfg.io.save_every == 0 or step == o.steps:
             checkpoint.save(ckpt_dir, bundle.model, opt, sched, step)
     logger.close()
     model.export(bundle, os.path.join(cfg.io.out_dir, "model"))
     if dist.is_main():
         print(f"done: {step} steps in {time.time() - t_start:.0f}s; exported {cfg.io.out_dir}/model")
+    run.close()
     dist.close()
 
 

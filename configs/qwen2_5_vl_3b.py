@@ -3,7 +3,7 @@
     torchrun --nproc_per_node 8 train_grpo.py --config configs/qwen2_5_vl_3b.py stage=m3a \\
         init=out/qwen2_5_vl_3b/sft/model
 """
-base = "configs/qwen2_5_vl_7b.py"
+base = "qwen2_5_vl_7b.py"
 overrides = {
     "model.init": "Qwen/Qwen2.5-VL-3B-Instruct",
     "rollout.gen_batch_size": 128,

@@ -11,7 +11,7 @@ lockstep) -- correct but slow: every generated token all-gathers the whole model
 with tensor parallelism (vLLM, SGLang) is the usual answer at this size; nanosafe stays with
 Hugging Face generate.
 """
-base = "configs/qwen2_5_vl_7b.py"
+base = "qwen2_5_vl_7b.py"
 overrides = {
     "model.init": "Qwen/Qwen2.5-VL-72B-Instruct",
     "dist.cpu_offload": True,

@@ -8,7 +8,7 @@ Without data.train / data.heldout it runs on the tiny world's prompts (images in
 makes a cheap end-to-end check of a node; bring your own JSONL (DESIGN §3) for real training.
 The vision tower stays frozen. Per-GPU memory: `python -m nanosafe.memory`.
 """
-base = "configs/qwen2_5_0_5b.py"  # the released RL settings
+base = "qwen2_5_0_5b.py"  # the released RL settings
 overrides = {
     "model.init": "Qwen/Qwen2.5-VL-7B-Instruct",
     "data.max_prompt_len": 2048,  # image tokens included

@@ -236,6 +236,10 @@ def fused_logprob(hidden, weight, targets, temperature=1.0, return_entropy=False
     W = weight.contiguous()  # [V, D]
     tgt = targets.reshape(-1)
     tgt = torch.where(tgt == ignore_index, -1, tgt)  # [N], -1 marks an ignored row from here on
+    if impl == "torch" and tgt.numel() and not (-1 <= int(tgt.min()) and int(tgt.max()) < W.shape[0]):
+        # the chunked gather would clamp an out-of-range id and return a finite, wrong log p
+        raise IndexError(f"fused_logprob: target ids must lie in [0, {W.shape[0]}) (or be "
+                         f"ignore_index={ignore_index}); got min {int(tgt.min())}, max {int(tgt.max())}")
     if impl == "naive":
         logp, ent = _naive(h, W, tgt, temperature, return_entropy)
     else:

@@ -3,7 +3,8 @@ scalars (e.g. rung 4's Lagrange multiplier), written atomically to `<out_dir>/ck
 position is not stored: it follows from the step (train_sft.batch_order).
 
 One process: `state.pt`, written to a temporary file and renamed; loading uses
-`torch.load(weights_only=True)`, so a checkpoint cannot run code.
+`torch.load(weights_only=True)`, so a checkpoint cannot run code. A state holding a NaN or inf
+(weights, buffers or optimiser moments) is refused before anything is written.
 
 Under FSDP (nanosafe.dist), each rank writes only its shards: `step-<N>/` holds the model and
 optimiser through torch.distributed.checkpoint (DCP; `get_state_dict` / `set_state_dict` map
@@ -45,8 +46,26 @@ def set_rng_state(s: dict) -> None:
         torch.cuda.set_rng_state(s["cuda"])
 
 
+def nonfinite(model, optimizer) -> list[str]:
+    """Names of this rank's parameters, buffers and optimiser states holding a NaN or inf."""
+    local = lambda t: t.to_local() if hasattr(t, "to_local") else t  # noqa: E731  (FSDP's DTensor shards)
+    bad = [n for n, t in [*model.named_parameters(), *model.named_buffers()]
+           if t.is_floating_point() and not torch.isfinite(local(t)).all()]
+    for i, st in enumerate(optimizer.state.values()):
+        bad += [f"optimizer state {i}.{k}" for k, t in st.items() if torch.is_tensor(t)
+                and t.is_floating_point() and not torch.isfinite(local(t)).all()]
+    return bad
+
+
 def save(ckpt_dir: str, model, optimizer, scheduler, step: int, extra: dict | None = None) -> None:
-    """Every rank calls it (a collective under FSDP)."""
+    """Every rank calls it (a collective under FSDP). A state with a NaN or inf anywhere is never
+    written: FloatingPointError, and the previous checkpoint stays."""
+    bad = nonfinite(model, optimizer)
+    if dist.all_reduce_max(float(bool(bad))):
+        raise FloatingPointError(f"step {step}: not writing a checkpoint to {ckpt_dir}: non-finite "
+                                 f"{', '.join(bad[:4]) or 'values on another rank'}"
+                                 f"{f' and {len(bad) - 4} more' if len(bad) > 4 else ''}; "
+                                 f"the previous checkpoint is kept")
     os.makedirs(ckpt_dir, exist_ok=True)
     rest = {"scheduler": scheduler.state_dict(), "rng": rng_state(), "step": step, "extra": extra or {}}
     if not dist.is_sharded(model):

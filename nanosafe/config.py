@@ -8,16 +8,19 @@ Resolution order (later wins): dataclass defaults -> the rung table (configs/run
 `stages[stage]`) -> the config file's `overrides` dict -> the config file's `stages[stage]` dict
 -> `key=value` arguments.
 A config file is plain Python that defines `overrides = {"dotted.key": value, ...}` and
-optionally `stages = {"m3a": {...}}` and `base = "configs/other.py"` (applied first), so a
-preset reads as a diff from its base. Values given on the command line are type-checked
-against the field's type; an unknown key is an error that lists the close matches; a string
-setting with a fixed set of values (CHOICES) is checked once everything is applied.
+optionally `stages = {"m3a": {...}}` (known stages only) and `base = "other.py"` (a path
+relative to the file itself; applied first; a loop is an error), so a preset reads as a diff
+from its base. Values given on the command line are type-checked against the field's type; an
+unknown key is an error that lists the close matches. `validate` then rejects impossible values
+(a count below 1, a NaN or inf, a fraction outside [0, 1]) naming the key, before a run writes
+anything; a string setting with a fixed set of values (CHOICES) is checked there too.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
 import json
+import math
 import os
 import runpy
 import typing
@@ -45,7 +48,7 @@ class ModelConfig:
 @dataclass
 class WorldConfig:
     seed: int = 0
-    dir: str = ""  # "" -> out/<config name>/world
+    dir: str = ""  # root of the world cache; "" -> out/<config name>/worlds (nanosafe.world)
     n_sft: int = 12000  # SFT examples (all families)
     n_rl: int = 1200  # RL prompts
     n_heldout_per_family: int = 64  # 24 left a one-prompt swing of 0.04 on a family's score
@@ -81,6 +84,7 @@ class OptimConfig:
     batch_size: int = 32  # sequences per optimiser step (global, all ranks)
     micro_batch_size: int = 32
     steps: int = 1200
+    max_nonfinite: int = 3  # updates skipped for a non-finite loss/grad/reward before the run stops
 
 
 @dataclass
@@ -142,6 +146,7 @@ class IOConfig:
     eval_samples: int = 4  # sampled completions per held-out prompt (summary_sampled)
     progress: bool = True
     log_rollouts: bool = False  # every RL rollout (id, text, reward, advantage) to samples.jsonl
+    overwrite: bool = False  # start afresh in an out_dir that holds a run (its ckpt, metrics, model go)
 
 
 @dataclass
@@ -186,16 +191,6 @@ def stages() -> dict[str, dict]:
     if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
         raise TypeError(f"{RUNGS}: `stages` must be a dict of stage name -> {{key: value}}")
     return table
-
-
-def check_choices(cfg: "Config") -> None:
-    """Every CHOICES key holds one of its values, else an error naming the key and the values."""
-    flat = _fields(cfg)
-    for key, allowed in CHOICES.items():
-        owner, _ = flat[key]
-        value = getattr(owner, key.rsplit(".", 1)[-1])
-        if value not in allowed:
-            raise ValueError(f"config key {key!r}: {value!r} is not one of {', '.join(allowed)}")
 
 
 ALIASES = {"out_dir": "io.out_dir"}  # DESIGN §9: `out_dir=PATH` moves every output of a run
@@ -249,9 +244,15 @@ def apply(cfg: Config, overrides: dict, source: str = "command line") -> Config:
     return cfg
 
 
-def _read_file(path: str) -> tuple[dict, dict]:
+def _read_file(path: str, chain: tuple[str, ...] = ()) -> tuple[dict, dict]:
+    """A config file's (overrides, stages), its `base` chain applied first. `base` is relative to
+    the file that names it, so a preset works from any working directory."""
     if not os.path.exists(path):
-        raise FileNotFoundError(f"config file not found: {path}")
+        raise FileNotFoundError(f"config file not found: {path}" +
+                                (f" (the base of {chain[-1]})" if chain else ""))
+    real = os.path.realpath(path)
+    if real in chain:
+        raise ValueError("config base loop: " + " -> ".join(chain[chain.index(real):] + (real,)))
     ns = runpy.run_path(path)
     unknown = set(ns) - {"overrides", "stages", "base"} - {k for k in ns if k.startswith("_")}
     unknown = {k for k in unknown if not callable(ns[k]) and not isinstance(ns[k], type(os))}
@@ -259,8 +260,15 @@ def _read_file(path: str) -> tuple[dict, dict]:
         raise KeyError(f"{path}: unexpected top-level names {sorted(unknown)}; a config file "
                        "defines `overrides`, `stages` and optionally `base`")
     overrides, stages = dict(ns.get("overrides", {})), dict(ns.get("stages", {}))
+    bad = set(stages) - set(STAGES)
+    if bad:
+        raise KeyError(f"{path}: stages has unknown stage(s) {sorted(bad)}; one of {sorted(STAGES)}")
     if "base" in ns:
-        base_over, base_stages = _read_file(ns["base"])
+        base = ns["base"]
+        if not isinstance(base, str):
+            raise ValueError(f"{path}: base must be a path string, got {base!r}")
+        base = base if os.path.isabs(base) else os.path.join(os.path.dirname(path), base)
+        base_over, base_stages = _read_file(base, chain + (real,))
         overrides = {**base_over, **overrides}
         for s, d in base_stages.items():
             stages[s] = {**d, **stages.get(s, {})}
@@ -273,8 +281,12 @@ def inherited(model_dir: str) -> dict:
     path = os.path.join(os.path.dirname(os.path.normpath(model_dir)), "config.json")
     if not os.path.exists(path):
         return {}
-    with open(path) as f:
-        run = json.load(f)
+    try:
+        with open(path) as f:
+            run = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}); it is the config of "
+                         f"the run that wrote {model_dir}") from None
     keep = {f"world.{k}": v for k, v in run.get("world", {}).items()}
     keep["data.system_prompt"] = run.get("data", {}).get("system_prompt", DataConfig.system_prompt)
     return keep
@@ -312,17 +324,68 @@ def parse(argv: list[str], default_stage: str = "sft") -> Config:
     apply(cfg, kv)
     if not cfg.io.out_dir:
         cfg.io.out_dir = os.path.join("out", cfg.config_name, cfg.stage)
-    if not cfg.world.dir:  # beside the stage dirs, so out_dir=PATH moves it too
-        cfg.world.dir = os.path.join(os.path.dirname(os.path.normpath(cfg.io.out_dir)), "world")
-    check_choices(cfg)
-    return cfg
+    if not cfg.world.dir:  # beside the stage dirs, so out_dir=PATH moves it too (nanosafe.world)
+        cfg.world.dir = os.path.join(os.path.dirname(os.path.normpath(cfg.io.out_dir)), "worlds")
+    return validate(cfg)
 
 
 def save(cfg: Config, verbose: bool = True) -> None:
-    """Print the resolved config and write it to out_dir/config.json."""
+    """Print the resolved config and write it to out_dir/config.json, atomically (a temporary file
+    renamed over it), so a crash never leaves half a config."""
     os.makedirs(cfg.io.out_dir, exist_ok=True)
     text = json.dumps(dataclasses.asdict(cfg), indent=2)
     if verbose:
         print(text)
-    with open(os.path.join(cfg.io.out_dir, "config.json"), "w") as f:
+    path = os.path.join(cfg.io.out_dir, "config.json")
+    with open(path + ".tmp", "w") as f:
         f.write(text + "\n")
+    os.replace(path + ".tmp", path)
+
+
+# What validate() checks by key: counts (a zero divides by zero or trains nothing), coefficients,
+# choices and fractions.
+POSITIVE = ("optim.batch_size", "optim.micro_batch_size", "optim.steps", "rollout.prompts_per_step",
+            "rollout.group_size", "rollout.max_new_tokens", "rollout.gen_batch_size", "rl.epochs",
+            "rl.mini_batches", "io.log_every", "io.eval_every", "io.save_every",
+            "data.max_prompt_len", "data.max_len", "world.n_sft", "world.n_rl",
+            "world.n_heldout_per_family", "world.image_size", "model.hidden_size",
+            "model.intermediate_size", "model.num_layers", "model.num_heads", "model.num_kv_heads",
+            "model.vision_depth", "model.vision_hidden", "model.vocab_size")
+NONNEGATIVE = ("io.eval_samples", "optim.max_nonfinite", "rollout.max_tool_calls", "optim.weight_decay",
+               "rl.clip_lo", "rl.clip_hi", "rl.drift_coef", "rl.kl_coef", "rl.cale_beta", "rl.lagrange_lr")
+FRACTIONS = ("optim.min_lr_frac", "optim.warmup_frac", "world.unsafe_frac", "world.refusal_frac",
+             "world.verbose_frac", "world.tempting_frac", "world.guess_frac")
+
+
+def validate(cfg: Config) -> Config:
+    """Impossible values -> ValueError naming the config key, before a run writes anything:
+    every number finite (verifier weights included), counts >= 1, coefficients >= 0, fractions in
+    [0, 1], choices from their list."""
+    flat = {k: getattr(owner, k.rsplit(".", 1)[-1]) for k, (owner, _) in _fields(cfg).items()}
+    for key, v in flat.items():
+        nums = v.items() if isinstance(v, dict) else [("", v)]
+        for sub, x in nums:
+            if isinstance(x, float) and not math.isfinite(x):
+                raise ValueError(f"config key {key}{f'[{sub!r}]' if sub else ''}: {x} is not finite")
+    for key in POSITIVE:
+        if flat[key] < 1:
+            raise ValueError(f"config key {key}: must be >= 1, got {flat[key]}")
+    for key in NONNEGATIVE:
+        if flat[key] < 0:
+            raise ValueError(f"config key {key}: must be >= 0, got {flat[key]}")
+    for key, allowed in CHOICES.items():
+        if flat[key] not in allowed:
+            raise ValueError(f"config key {key!r}: {flat[key]!r} is not one of {', '.join(allowed)}")
+    for key in FRACTIONS:
+        if not 0.0 <= flat[key] <= 1.0:
+            raise ValueError(f"config key {key}: must be in [0, 1], got {flat[key]}")
+    if flat["optim.lr"] < 0 or flat["optim.grad_clip"] <= 0:
+        raise ValueError("config keys optim.lr >= 0 and optim.grad_clip > 0 are required, got "
+                         f"{flat['optim.lr']} and {flat['optim.grad_clip']}")
+    if flat["rollout.temperature"] <= 0 or not 0 < flat["rollout.top_p"] <= 1:
+        raise ValueError("config keys rollout.temperature > 0 and rollout.top_p in (0, 1] are required, "
+                         f"got {flat['rollout.temperature']} and {flat['rollout.top_p']}")
+    if cfg.stage == "sft" and flat["optim.batch_size"] % flat["optim.micro_batch_size"]:
+        raise ValueError(f"config key optim.batch_size ({flat['optim.batch_size']}) must be a multiple "
+                         f"of optim.micro_batch_size ({flat['optim.micro_batch_size']})")
+    return cfg

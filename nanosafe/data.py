@@ -4,8 +4,10 @@
     (+ "response" for SFT lines). Image paths are relative to the JSONL file unless absolute.
 
 Validation fails loudly with `DataError("file:line: field 'x': what is wrong")` for malformed
-JSON, a missing or mistyped field, an unknown label, a missing or undecodable image, a prompt
-over `max_prompt_len` tokens (checked when encoding, image tokens included) and an empty file.
+JSON, a missing or mistyped field (an image entry that is not a path string included), an
+unknown label, a duplicate id, an empty prompt or SFT response, a missing or undecodable image, a
+prompt over `max_prompt_len` tokens (checked when encoding, image tokens included) and an empty
+file; a `data.labels` filter that keeps no prompt is an error too.
 Nothing is dropped silently.
 
 Encoding: the prompt goes through the tokenizer's chat template with the system prompt; each
@@ -44,7 +46,7 @@ def read_jsonl(path: str, need_response: bool = False) -> list[dict]:
     and absolute image paths."""
     if not os.path.exists(path):
         raise DataError(f"{path}: file not found")
-    base, rows = os.path.dirname(os.path.abspath(path)), []
+    base, rows, first = os.path.dirname(os.path.abspath(path)), [], {}
     with open(path) as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -59,13 +61,18 @@ def read_jsonl(path: str, need_response: bool = False) -> list[dict]:
                 check(key in r, where, key, "missing")
                 check(isinstance(r[key], str), where, key, f"expected a string, got {type(r[key]).__name__}")
             check(r["prompt"].strip() != "", where, "prompt", "empty")
+            check(not need_response or r["response"].strip() != "", where, "response", "empty")
             check(r["label"] in LABELS, where, "label", f"unknown label {r['label']!r}; one of {LABELS}")
             check(r.get("answer") is None or isinstance(r["answer"], str), where, "answer", "expected a string")
             check(isinstance(r.get("meta", {}), dict), where, "meta", "expected an object")
             images = r.get("images") or []
             check(isinstance(images, list), where, "images", "expected a list of paths")
+            for p in images:
+                check(isinstance(p, str), where, "images", f"expected a path string, got {type(p).__name__} {p!r}")
             r["images"] = [check_image(p if os.path.isabs(p) else os.path.join(base, p), where)
                            for p in images]
+            check(r["id"] not in first, where, "id", f"duplicate id {r['id']!r} (first at {first.get(r['id'])})")
+            first[r["id"]] = where
             r.setdefault("meta", {})
             r.setdefault("answer", None)
             r["_where"] = where
@@ -208,7 +215,12 @@ def filter_labels(samples: list[dict], labels: str) -> tuple[list[dict], dict]:
     for s in samples:
         if s["label"] not in keep:
             dropped[s["label"]] = dropped.get(s["label"], 0) + 1
-    return [s for s in samples if s["label"] in keep], dropped
+    kept = [s for s in samples if s["label"] in keep]
+    if not kept:
+        source = samples[0]["_where"].rsplit(":", 1)[0] if samples and "_where" in samples[0] else "the data"
+        raise DataError(f"data.labels={labels!r} keeps 0 of the {len(samples)} prompts in {source} "
+                        f"(labels there: {sorted(dropped)})")
+    return kept, dropped
 
 
 def batch_order(n: int, step: int, batch_size: int, seed: int) -> list[int]:

@@ -1,11 +1,32 @@
 """metrics.jsonl (one JSON object per step), samples.jsonl (the rollouts, when asked for) and the
-progress bar; rank 0 only."""
+progress bar; rank 0 only. On resume the logs are cut back to the checkpoint's step (rewritten
+atomically); a torn last line from a kill mid-write is dropped with a warning."""
 from __future__ import annotations
 
 import json
 import os
+import warnings
 
 from tqdm import tqdm
+
+
+def read_rows(path: str) -> list[tuple[str, dict]]:
+    """(line, parsed row) of a JSONL log. A torn last line (a kill mid-write) is dropped with a
+    warning naming the file; a bad line anywhere else is an error naming file and line."""
+    with open(path) as f:
+        lines = [line if line.endswith("\n") else line + "\n" for line in f]
+    out = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            out.append((line, json.loads(line)))
+        except json.JSONDecodeError as e:
+            if n < len(lines):
+                raise ValueError(f"{path}:{n}: not valid JSON ({e.msg}); only a torn last line is "
+                                 f"dropped on resume, this one is not the last") from None
+            warnings.warn(f"{path}:{n}: dropped a torn last line (a write cut short): {line.strip()[:80]!r}")
+    return out
 
 
 class Logger:
@@ -16,10 +37,10 @@ class Logger:
         self.samples_path = os.path.join(out_dir, "samples.jsonl")
         for path in (self.path, self.samples_path):
             if enabled and os.path.exists(path):  # a resumed run replays the steps after its checkpoint
-                with open(path) as f:
-                    rows = [line for line in f if json.loads(line).get("step", 0) <= start]
-                with open(path, "w") as f:
+                rows = [line for line, row in read_rows(path) if row.get("step", 0) <= start]
+                with open(path + ".tmp", "w") as f:
                     f.writelines(rows)
+                os.replace(path + ".tmp", path)
         self.bar = tqdm(total=total, initial=start, dynamic_ncols=True,
                         disable=not (enabled and progress))
 

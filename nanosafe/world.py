@@ -1,15 +1,16 @@
 """The tiny world: a procedurally generated, download-free stand-in for SafeLadder's data.
 
-    python -m nanosafe.world out/tiny/world        # writes the files below (train_sft.py does it too)
+    python -m nanosafe.world out/tiny/worlds       # writes the files below (train_sft.py does it too)
 
-Files written to `dir` (DESIGN §3 schema, one JSON object a line; image paths are relative to
-the JSONL file):
+Files written to `<root>/world-<hash of the settings>/` (the cache layout: see `build`), in the
+DESIGN §3 schema, one JSON object a line; image paths are relative to the JSONL file:
     sft.jsonl      prompts + responses of a deliberately base-model-like policy (rung 1)
     rl.jsonl       prompts for the RL rungs (train templates, fresh entities for fact lookups)
     heldout.jsonl  evaluation prompts: templates and entities never seen in training; they carry
                    base-like responses too, so SFT can report a held-out loss
     kb.jsonl       the local knowledge base behind the fact-lookup family (rung 4's search tool)
     images/*.png   pillow-drawn situational scenes
+    world.json     the settings it was built from (its identity)
 
 Seven task families mirror the rungs (DESIGN §6). The SFT mix behaves like a base model, and its
 failures hang on the template or entity, or are the majority of a coin, never a minority one
@@ -30,10 +31,13 @@ scattered around, so colour alone is not enough.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import random
+import shutil
 import sys
+import tempfile
 
 from PIL import Image, ImageDraw
 
@@ -354,10 +358,19 @@ def sample(rng: random.Random, family: str, split: str, cfg, kb, pool: str) -> d
     return ex
 
 
+def _create(path: str, write) -> None:
+    """Write a file through a fresh temporary name (O_EXCL | O_NOFOLLOW: never through an existing
+    file or symlink), then rename it into place; a planted symlink at `path` is replaced, not
+    followed."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    with os.fdopen(fd, "wb") as f:
+        write(f)
+    os.replace(tmp, path)
+
+
 def _write(path: str, rows: list[dict]) -> None:
-    with open(path, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
+    _create(path, lambda f: f.writelines((json.dumps(r) + "\n").encode() for r in rows))
 
 
 def _materialise(rng, name, split, families, cfg, kb, pool, out_dir) -> list[dict]:
@@ -369,7 +382,7 @@ def _materialise(rng, name, split, families, cfg, kb, pool, out_dir) -> list[dic
                "label": ex["label"], "meta": ex["meta"], "response": ex["response"]}
         if image is not None:
             rel = f"images/{row['id']}.png"
-            image.save(os.path.join(out_dir, rel))
+            _create(os.path.join(out_dir, rel), lambda f: image.save(f, format="PNG"))
             row["images"] = [rel]
         if name == "rl":
             del row["response"]
@@ -377,14 +390,67 @@ def _materialise(rng, name, split, families, cfg, kb, pool, out_dir) -> list[dic
     return rows
 
 
-def build(cfg, out_dir: str) -> dict[str, str]:
-    """Write the world for WorldConfig `cfg` into out_dir (deterministic in cfg.seed); return paths.
-    A finished world with the same settings is reused."""
-    os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
-    paths = {k: os.path.join(out_dir, f"{k}.jsonl") for k in ("sft", "rl", "heldout", "kb")}
-    stamp_path, stamp = os.path.join(out_dir, "world.json"), json.dumps(vars(cfg), sort_keys=True)
-    if os.path.exists(stamp_path) and open(stamp_path).read() == stamp:
-        return paths
+FORMAT = 1  # bump when the generator changes what a config produces: old worlds then stay apart
+
+
+def stamp(cfg) -> str:
+    """The world's identity: every WorldConfig field but the cache location, and FORMAT."""
+    return json.dumps({"format": FORMAT, **{k: v for k, v in vars(cfg).items() if k != "dir"}},
+                      sort_keys=True)
+
+
+def world_dir(cfg, root: str) -> str:
+    return os.path.join(root, "world-" + hashlib.sha256(stamp(cfg).encode()).hexdigest()[:16])
+
+
+def _paths(d: str) -> dict[str, str]:
+    return {"dir": d, **{k: os.path.join(d, f"{k}.jsonl") for k in ("sft", "rl", "heldout", "kb")}}
+
+
+def _check(d: str, want: str) -> dict[str, str]:
+    """A world dir that exists must be the world asked for, whole; anything else is an error."""
+    path = os.path.join(d, "world.json")
+    have = open(path).read() if os.path.isfile(path) and not os.path.islink(path) else None
+    if have != want:
+        raise RuntimeError(f"{d} exists but does not hold the world asked for ({path} "
+                           f"{'is missing' if have is None else 'differs: ' + have}); it is left as it "
+                           f"is: remove it, or set world.dir to another root")
+    return _paths(d)
+
+
+def build(cfg, root: str) -> dict[str, str]:
+    """The world for WorldConfig `cfg` (deterministic in cfg.seed) -> {"dir", "sft", "rl",
+    "heldout", "kb"} paths.
+
+    Worlds live in a cache, `root/world-<hash of the settings>/`, so every rung that asks for the
+    same world reads the same files and a run with other settings gets its own directory instead
+    of rewriting a world (held-out split included) that other rungs read. A world is built in a
+    private temporary directory and renamed into place whole; an existing directory of that name
+    is reused only if its world.json matches the settings exactly, and is never written to. The
+    cache has its own root (`worlds/` beside the stage dirs by default), not a plain `world/`
+    that a user's files might live in.
+    """
+    d, want = world_dir(cfg, root), stamp(cfg)
+    if os.path.lexists(d):
+        return _check(d, want)
+    os.makedirs(root, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".building-", dir=root)  # mode 0700: nobody plants files in it
+    try:
+        _generate(cfg, tmp)
+        _create(os.path.join(tmp, "world.json"), lambda f: f.write(want.encode()))
+        os.rename(tmp, d)  # atomic; fails if another process finished the same world first
+        os.chmod(d, 0o755)
+    except OSError:
+        if not os.path.isdir(d):
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone after the rename; else a failed or lost build
+    return _check(d, want)
+
+
+def _generate(cfg, out_dir: str) -> None:
+    os.makedirs(os.path.join(out_dir, "images"))
+    paths = _paths(out_dir)
     kb = make_kb(cfg.seed)
     rng = random.Random(cfg.seed)
     mix = lambda m, n: rng.choices(list(m), weights=list(m.values()), k=n)  # noqa: E731
@@ -395,9 +461,6 @@ def build(cfg, out_dir: str) -> dict[str, str]:
     passages = [{"id": f"{f['country']}-{rel}", "text": FACT_PASSAGE[rel].format(c=f["country"], v=f[rel])}
                 for pool in kb.values() for f in pool for rel in FACT_PASSAGE]
     _write(paths["kb"], passages)
-    with open(stamp_path, "w") as f:
-        f.write(stamp)
-    return paths
 
 
 def corpus(paths: dict[str, str]) -> list[str]:
@@ -415,4 +478,4 @@ def corpus(paths: dict[str, str]) -> list[str]:
 
 if __name__ == "__main__":
     from nanosafe.config import WorldConfig
-    print(build(WorldConfig(), sys.argv[1] if len(sys.argv) > 1 else "out/tiny/world"))
+    print(build(WorldConfig(), sys.argv[1] if len(sys.argv) > 1 else "out/tiny/worlds"))

@@ -50,7 +50,7 @@ def test_empty_and_missing_file(tmp_path):
 
 def test_prompt_over_length_limit(tmp_path, tiny):
     cfg, _, bundle = tiny
-    path = _write(tmp_path, [GOOD, {**GOOD, "prompt": "What is 2 + 3? " * 80}])
+    path = _write(tmp_path, [GOOD, {**GOOD, "id": "b", "prompt": "What is 2 + 3? " * 80}])
     rows = data.read_jsonl(path, need_response=True)
     data.encode_sft(bundle, rows[0], cfg.data)
     with pytest.raises(DataError, match=rf"{path}:2: field 'prompt': \d+ tokens .* exceed max_prompt_len"):

@@ -29,7 +29,7 @@ def test_deterministic_by_seed(tmp_path):
     img = _read(a["sft"])
     pics = [r["images"][0] for r in img if r["images"]]
     assert pics, "no situational images in the SFT mix"
-    same = Image.open(tmp_path / "a" / pics[0]).tobytes() == Image.open(tmp_path / "b" / pics[0]).tobytes()
+    same = Image.open(os.path.join(a["dir"], pics[0])).tobytes() == Image.open(os.path.join(b["dir"], pics[0])).tobytes()
     assert same
 
 
@@ -44,7 +44,7 @@ def test_all_families_and_labels(tmp_path):
                       "jailbreak": "jailbreak"}
     for r in held:
         for p in r["images"]:
-            assert Image.open(os.path.join(tmp_path, p)).size == (56, 56)
+            assert Image.open(os.path.join(paths["dir"], p)).size == (56, 56)
 
 
 def _prompt_parts(rows, family):
