@@ -61,7 +61,8 @@ class Run:
     logger: log.Logger | None = None
     ckpt_dir: str = ""
     out: runs.Run | None = None  # the out dir's lock and config.json
-    guard: nonfinite.Guard | None = None  # skips non-finite steps, stops after optim.max_nonfinite
+    # skips a non-finite step, stops after optim.max_nonfinite of them (default: at the first)
+    guard: nonfinite.Guard = dataclasses.field(default_factory=lambda: nonfinite.Guard(0))
     step: int = 0  # where the run resumes
     lam: float = 0.0  # rung 4's Lagrange multiplier, saved in the checkpoint
 

@@ -259,10 +259,11 @@ def _read_file(path: str, chain: tuple[str, ...] = ()) -> tuple[dict, dict]:
     if unknown:
         raise KeyError(f"{path}: unexpected top-level names {sorted(unknown)}; a config file "
                        "defines `overrides`, `stages` and optionally `base`")
-    overrides, stages = dict(ns.get("overrides", {})), dict(ns.get("stages", {}))
-    bad = set(stages) - set(STAGES)
+    overrides, by_stage = dict(ns.get("overrides", {})), dict(ns.get("stages", {}))
+    known = stages()
+    bad = set(by_stage) - set(known)
     if bad:
-        raise KeyError(f"{path}: stages has unknown stage(s) {sorted(bad)}; one of {sorted(STAGES)}")
+        raise KeyError(f"{path}: stages has unknown stage(s) {sorted(bad)}; one of {sorted(known)}")
     if "base" in ns:
         base = ns["base"]
         if not isinstance(base, str):
@@ -271,8 +272,8 @@ def _read_file(path: str, chain: tuple[str, ...] = ()) -> tuple[dict, dict]:
         base_over, base_stages = _read_file(base, chain + (real,))
         overrides = {**base_over, **overrides}
         for s, d in base_stages.items():
-            stages[s] = {**d, **stages.get(s, {})}
-    return overrides, stages
+            by_stage[s] = {**d, **by_stage.get(s, {})}
+    return overrides, by_stage
 
 
 def inherited(model_dir: str) -> dict:
