@@ -1,6 +1,6 @@
 """Resumable training state: model, optimiser, scheduler, RNG, step, data position and any extra
 scalars (e.g. rung 4's Lagrange multiplier), written atomically to `<out_dir>/ckpt/`. The data
-position is not stored: it follows from the step (train_sft.batch_order).
+position is not stored: it follows from the step (data.batch_order).
 
 One process: `state.pt`, written to a temporary file and renamed; loading uses
 `torch.load(weights_only=True)`, so a checkpoint cannot run code. A state holding a NaN or inf
