@@ -90,7 +90,11 @@ def load_images(sample: dict) -> list[Image.Image]:
 
 
 def render_prompt(tokenizer, sample: dict, system_prompt: str) -> str:
-    content = [{"type": "image"} for _ in sample["images"]] + [{"type": "text", "text": sample["prompt"]}]
+    # A turn without images is a plain string: Qwen2.5's text template concatenates
+    # message['content'] as a string (a list of parts is a TypeError there). Only a turn with
+    # images needs parts, and the VL templates take both forms.
+    content = sample["prompt"] if not sample["images"] else \
+        [{"type": "image"} for _ in sample["images"]] + [{"type": "text", "text": sample["prompt"]}]
     messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + \
                [{"role": "user", "content": content}]
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

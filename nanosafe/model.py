@@ -160,7 +160,12 @@ def make(cfg, texts_fn=None) -> Bundle:
     if cfg.model.freeze_vision and bundle.is_vl and init:
         freeze_vision(bundle.model)
     if cfg.model.gradient_checkpointing:
-        bundle.model.gradient_checkpointing_enable()
+        bundle.model.activation_checkpointing_enable()  # non-reentrant, per decoder / vision block
+        # Hugging Face also hooks every input embedding (the vision tower's patch embedding too)
+        # to make its output require grad, which only reentrant checkpointing and adapters need.
+        # With a frozen tower that turns its activations into a graph that backward walks for
+        # nothing, and that reaches the model's output (`image_outputs`) on ranks with images only.
+        bundle.model.disable_input_require_grads()
     return bundle
 
 
