@@ -104,9 +104,9 @@ def encode_prompt(bundle, sample: dict, dcfg) -> dict:
     """-> {"input_ids": [T] long, "pixel_values": [P, C] | None, "image_grid_thw": [I, 3] | None,
     "mm_token_type_ids": [T] int (1 on image tokens) | None}. Qwen2.5-VL needs the token types to
     give image tokens their 3D (M-RoPE) positions; without them it silently numbers them as text."""
+    check(bundle.is_vl or not sample["images"], sample["_where"], "images", "this model takes no images (text-only)")
     text, vision = render_prompt(bundle.tokenizer, sample, dcfg.system_prompt), {}
     if sample["images"]:
-        check(bundle.is_vl, sample["_where"], "images", "this model takes no images (text-only)")
         vision = bundle.image_processor(images=load_images(sample), return_tensors="pt")
         merge = bundle.image_processor.merge_size ** 2
         pad = "<|image_pad|>"

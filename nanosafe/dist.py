@@ -250,7 +250,20 @@ def generation(model):
 
 
 def clip_grad_norm_(model, max_norm: float) -> float:
-    """Clip the global gradient norm (over every shard of every rank); returns it."""
+    """Clip the global gradient norm (over every shard of every rank); returns it. Called before
+    every optimiser step, so under FSDP it first gives back the single-process semantics of a
+    parameter no rank used this step (the trainable vision tower of a step without images): one
+    process leaves its gradient None and AdamW skips it, while FSDP's reduce-scatter hands it
+    zeros (`set_reduce_scatter_unused_params`), which AdamW would step -- weight decay, decayed
+    moments, one more bias-correction step -- and the two runs drift apart (the 2-rank SFT drift).
+    A gradient that is exactly zero on every shard is taken for unused and set to None."""
+    if is_sharded(model):
+        params = [p for p in model.parameters() if p.grad is not None]
+        nonzero = torch.tensor([float(p.grad.to_local().count_nonzero() > 0) for p in params], device=_device)
+        tdist.all_reduce(nonzero, op=tdist.ReduceOp.MAX)  # [P] 1 where any shard is nonzero
+        for p, used in zip(params, nonzero.tolist()):
+            if not used:
+                p.grad = None
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
     return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 

@@ -203,9 +203,10 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--gpu-mem", type=float, default=80.0, help="GiB per GPU for the 'fits' column (default 80)")
     ap.add_argument("--stage", default="m3b", help="the config stage whose settings are used (default m3b)")
     args, rest = ap.parse_known_args(argv)
-    overrides = [a for a in rest if "=" in a and not a.startswith("-")]
-    if len(overrides) != len(rest):
+    overrides = [a for a in args.configs + rest if "=" in a and not a.startswith("-")]
+    if len(overrides) != len([a for a in args.configs if "=" in a]) + len(rest):
         ap.error(f"unrecognized arguments: {' '.join(a for a in rest if a not in overrides)}")
+    args.configs = [a for a in args.configs if "=" not in a]
     if any(n < 1 for n in args.gpus) or args.gpu_mem <= 0:
         ap.error("--gpus must be >= 1 and --gpu-mem > 0")
     paths = args.configs + args.config or sorted(glob.glob("configs/qwen2_5_*.py"))
