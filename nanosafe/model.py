@@ -10,6 +10,16 @@ The checkpoint path loads any local dir or hub id with `trust_remote_code` off u
 asks; a vision-language checkpoint comes with its image processor. No processor class is
 needed: prompts are rendered with the tokenizer's chat template and each `<|image_pad|>` is
 expanded to the number of merged patches (nanosafe.data), which is what Qwen's processor does.
+That is on purpose: in transformers 5 `Qwen2_5_VLProcessor` (hence `AutoProcessor`) cannot be
+built without its video processor, which needs torchvision, and a torchvision wheel must match
+the torch build exactly (PyPI's does not import beside a CPU or custom torch). So nanosafe, and
+the exports it writes, need only `AutoTokenizer` + `AutoImageProcessor` (pillow); AutoProcessor
+works on an export wherever a matching torchvision is installed.
+
+Training runs keep fp32 parameters (`make` refuses bf16 / fp16 ones: AdamW on them rounds most
+small updates away, and FSDP's bf16 compute keeps fp32 master shards anyway); `export` writes
+the checkpoint's own dtype back (bf16 for Qwen's releases) unless model.export_dtype says
+otherwise. `model.attn_implementation` picks the attention kernel (sdpa by default).
 
 `Bundle` carries (model, tokenizer, image_processor) so every script passes one thing around,
 and `export` writes all three with `save_pretrained` (safetensors) for any Hugging Face tool.

@@ -18,6 +18,7 @@ configs/qwen2_5_*.py`) and overrides for size only (init, data, steps, batch and
 """
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -41,12 +42,16 @@ def run(*args, nproc=0, timeout=240):
     prefix = [sys.executable] if nproc == 0 else [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    p = subprocess.Popen(prefix + list(args), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
     try:
-        p = subprocess.run(prefix + list(args), cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+        out, err = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        p.send_signal(signal.SIGTERM)  # torchrun passes it on to its workers (a SIGKILL would orphan them)
+        p.communicate(timeout=30)
         pytest.fail(f"timed out after {timeout}s (a hang): {' '.join(args)}")
-    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-5000:]
-    return p.stdout
+    assert p.returncode == 0, out[-2000:] + err[-5000:]
+    return out
 
 
 def lines(path, rows):
