@@ -8,8 +8,10 @@ JSON, a missing or mistyped field, an unknown label, a missing or undecodable im
 over `max_prompt_len` tokens (checked when encoding, image tokens included) and an empty file.
 Nothing is dropped silently.
 
-Encoding: the prompt goes through the tokenizer's chat template with the system prompt; each
-`<|image_pad|>` is expanded to the image's merged-patch count. The SFT target is the response plus
+Encoding: the prompt goes through the tokenizer's chat template with the system prompt, a turn
+without images as a plain string (what every chat template takes; Qwen2.5's text template takes
+nothing else) and a turn with images as parts; each `<|image_pad|>` is expanded to the image's
+merged-patch count. The SFT target is the response plus
 the end-of-turn token. Loss masks: prompt and image tokens never carry loss, and neither do
 tool results (`<result>...</result>`, written by the search tool, not the model). To get that
 mask without offsets, a response is tokenised segment by segment (model text / tool text) --
