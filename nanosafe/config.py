@@ -42,6 +42,8 @@ class ModelConfig:
     freeze_vision: bool = True  # for checkpoints; a tower built from scratch must learn in SFT
     trust_remote_code: bool = False
     dtype: str = "float32"  # parameter dtype when loading a checkpoint
+    export_dtype: str = ""  # dtype of the exported weights; "" = the checkpoint's own (fp32 for tiny)
+    attn_implementation: str = "sdpa"  # sdpa | eager | flash_attention_2 (when flash-attn is installed)
     gradient_checkpointing: bool = False
 
 

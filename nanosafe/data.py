@@ -10,8 +10,10 @@ prompt over `max_prompt_len` tokens (checked when encoding, image tokens include
 file; a `data.labels` filter that keeps no prompt is an error too.
 Nothing is dropped silently.
 
-Encoding: the prompt goes through the tokenizer's chat template with the system prompt; each
-`<|image_pad|>` is expanded to the image's merged-patch count. The SFT target is the response plus
+Encoding: the prompt goes through the tokenizer's chat template with the system prompt, a turn
+without images as a plain string (what every chat template takes; Qwen2.5's text template takes
+nothing else) and a turn with images as parts; each `<|image_pad|>` is expanded to the image's
+merged-patch count. The SFT target is the response plus
 the end-of-turn token. Loss masks: prompt and image tokens never carry loss, and neither do
 tool results (`<result>...</result>`, written by the search tool, not the model). To get that
 mask without offsets, a response is tokenised segment by segment (model text / tool text) --
@@ -97,7 +99,11 @@ def load_images(sample: dict) -> list[Image.Image]:
 
 
 def render_prompt(tokenizer, sample: dict, system_prompt: str) -> str:
-    content = [{"type": "image"} for _ in sample["images"]] + [{"type": "text", "text": sample["prompt"]}]
+    # A turn without images is a plain string: Qwen2.5's text template concatenates
+    # message['content'] as a string (a list of parts is a TypeError there). Only a turn with
+    # images needs parts, and the VL templates take both forms.
+    content = sample["prompt"] if not sample["images"] else \
+        [{"type": "image"} for _ in sample["images"]] + [{"type": "text", "text": sample["prompt"]}]
     messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + \
                [{"role": "user", "content": content}]
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -107,9 +113,9 @@ def encode_prompt(bundle, sample: dict, dcfg) -> dict:
     """-> {"input_ids": [T] long, "pixel_values": [P, C] | None, "image_grid_thw": [I, 3] | None,
     "mm_token_type_ids": [T] int (1 on image tokens) | None}. Qwen2.5-VL needs the token types to
     give image tokens their 3D (M-RoPE) positions; without them it silently numbers them as text."""
+    check(bundle.is_vl or not sample["images"], sample["_where"], "images", "this model takes no images (text-only)")
     text, vision = render_prompt(bundle.tokenizer, sample, dcfg.system_prompt), {}
     if sample["images"]:
-        check(bundle.is_vl, sample["_where"], "images", "this model takes no images (text-only)")
         vision = bundle.image_processor(images=load_images(sample), return_tensors="pt")
         merge = bundle.image_processor.merge_size ** 2
         pad = "<|image_pad|>"

@@ -25,6 +25,20 @@ Sharding (`shard`) with FSDP2's `fully_shard`:
   Frozen (the presets; requires_grad False) the tower gets no gradient and no optimiser state;
   trainable (the tiny model built from scratch) a rank without images contributes zeros
   (`set_reduce_scatter_unused_params`, FSDP's analogue of DDP's find_unused_parameters).
+- mixed image/text batches: FSDP2 hangs as soon as the ranks issue different collectives, and
+  a hook that fires on some ranks only does exactly that. The root unit's pre-backward hook sits
+  on the root's outputs and fires only where the loss reaches one of them: SFT's loss reads the
+  logits, but the RL loss reads the hidden states (kernels.logprob), and Hugging Face returns the
+  vision tower's output (`image_outputs`) beside the logits, so with a trainable tower -- or a
+  frozen one under gradient checkpointing, which made its activations require grad -- the hook
+  fired on image ranks only, late in backward, and by default prefetched (all-gathered) a decoder
+  layer the other ranks never gathered: the hang of FSDP + gradient checkpointing + mixed
+  batches. Hence the root prefetches only itself (a no-op, it is gathered already), so its hook
+  issues no collective wherever and whenever it fires; and nanosafe.model drops the
+  checkpointing hook that made a frozen tower's activations require grad. Peers chose otherwise:
+  a dummy image through the tower on every rank (verl, EasyR1) costs a tower forward and backward
+  per text micro-batch and only hides the asymmetry; keeping the tower in the root unit (as here)
+  and `set_reduce_scatter_unused_params` (also set) were already in place when it hung.
 - on CUDA, bf16 mixed precision: the fp32 shards are the optimiser's master weights, gathered as
   bf16 for compute, gradients reduced in fp32. On CPU (gloo, tests) everything stays fp32.
 - `dist.cpu_offload`: shards, gradients and the optimiser step live in host memory (72B).
@@ -187,6 +201,11 @@ def shard(model: torch.nn.Module, dcfg) -> torch.nn.Module:
             fully_shard(m, reshard_after_forward=True, **kw)
     fully_shard(model, reshard_after_forward=False, **kw)
     model.set_reduce_scatter_unused_params(True)
+    # The root's pre-backward hook must issue no collective: it fires only on a rank whose loss
+    # reaches one of the root's outputs (module docstring, "mixed image/text batches"). The root
+    # stays gathered, so its own unshard is a no-op, and prefetching itself (an explicit list
+    # replaces FSDP's default of gathering the next layer) is one too.
+    model.set_modules_to_backward_prefetch([model])
     for m in model.modules():
         if isinstance(m, FSDPModule):  # sum, not mean, over ranks: see "Data parallelism" above
             m.set_gradient_divide_factor(1.0)
@@ -231,7 +250,20 @@ def generation(model):
 
 
 def clip_grad_norm_(model, max_norm: float) -> float:
-    """Clip the global gradient norm (over every shard of every rank); returns it."""
+    """Clip the global gradient norm (over every shard of every rank); returns it. Called before
+    every optimiser step, so under FSDP it first gives back the single-process semantics of a
+    parameter no rank used this step (the trainable vision tower of a step without images): one
+    process leaves its gradient None and AdamW skips it, while FSDP's reduce-scatter hands it
+    zeros (`set_reduce_scatter_unused_params`), which AdamW would step -- weight decay, decayed
+    moments, one more bias-correction step -- and the two runs drift apart (the 2-rank SFT drift).
+    A gradient that is exactly zero on every shard is taken for unused and set to None."""
+    if is_sharded(model):
+        params = [p for p in model.parameters() if p.grad is not None]
+        nonzero = torch.tensor([float(p.grad.to_local().count_nonzero() > 0) for p in params], device=_device)
+        tdist.all_reduce(nonzero, op=tdist.ReduceOp.MAX)  # [P] 1 where any shard is nonzero
+        for p, used in zip(params, nonzero.tolist()):
+            if not used:
+                p.grad = None
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
     return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 

@@ -10,6 +10,16 @@ The checkpoint path loads any local dir or hub id with `trust_remote_code` off u
 asks; a vision-language checkpoint comes with its image processor. No processor class is
 needed: prompts are rendered with the tokenizer's chat template and each `<|image_pad|>` is
 expanded to the number of merged patches (nanosafe.data), which is what Qwen's processor does.
+That is on purpose: in transformers 5 `Qwen2_5_VLProcessor` (hence `AutoProcessor`) cannot be
+built without its video processor, which needs torchvision, and a torchvision wheel must match
+the torch build exactly (PyPI's does not import beside a CPU or custom torch). So nanosafe, and
+the exports it writes, need only `AutoTokenizer` + `AutoImageProcessor` (pillow); AutoProcessor
+works on an export wherever a matching torchvision is installed.
+
+Training runs keep fp32 parameters (`make` refuses bf16 / fp16 ones: AdamW on them rounds most
+small updates away, and FSDP's bf16 compute keeps fp32 master shards anyway); `export` writes
+the checkpoint's own dtype back (bf16 for Qwen's releases) unless model.export_dtype says
+otherwise. `model.attn_implementation` picks the attention kernel (sdpa by default).
 
 `Bundle` carries (model, tokenizer, image_processor) so every script passes one thing around,
 and `export` writes all three with `save_pretrained` (safetensors) for any Hugging Face tool.
@@ -17,6 +27,7 @@ and `export` writes all three with `save_pretrained` (safetensors) for any Huggi
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from dataclasses import dataclass
 
@@ -37,11 +48,15 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
+
+
 @dataclass
 class Bundle:
     model: torch.nn.Module
     tokenizer: object
     image_processor: object | None = None
+    export_dtype: torch.dtype = torch.float32  # the checkpoint's own, or model.export_dtype (`make`)
 
     @property
     def is_vl(self) -> bool:
@@ -105,10 +120,30 @@ def build_tiny(mcfg, tokenizer) -> Bundle:
             tie_word_embeddings=True)
         model = Qwen2_5_VLForConditionalGeneration(config)
         image_processor = _tiny_image_processor()
+    model.set_attn_implementation(attn_implementation(mcfg))
     model.generation_config.eos_token_id = ids["<|im_end|>"]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     model.generation_config.bos_token_id = None
     return Bundle(model, tokenizer, image_processor)
+
+
+def attn_implementation(mcfg) -> str:
+    """model.attn_implementation, checked: flash_attention_2 needs the flash-attn package."""
+    import importlib.util
+    impl = mcfg.attn_implementation
+    if impl not in ATTN_IMPLEMENTATIONS:
+        raise ValueError(f"model.attn_implementation={impl!r}: one of {', '.join(ATTN_IMPLEMENTATIONS)}")
+    if impl == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        raise ValueError("model.attn_implementation=flash_attention_2 needs the flash-attn package "
+                         "(pip install flash-attn, CUDA only); sdpa needs nothing")
+    return impl
+
+
+def dtype_of(name: str, key: str) -> torch.dtype:
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"{key}={name!r}: not a floating-point torch dtype (float32, bfloat16, float16)")
+    return dtype
 
 
 def load(path: str, mcfg) -> Bundle:
@@ -119,14 +154,16 @@ def load(path: str, mcfg) -> Bundle:
     config = AutoConfig.from_pretrained(path, trust_remote_code=trc)
     is_vl = hasattr(config, "vision_config")
     cls = AutoModelForImageTextToText if is_vl else AutoModelForCausalLM
+    kw = dict(trust_remote_code=trc, dtype=dtype_of(mcfg.dtype, "model.dtype"),
+              attn_implementation=attn_implementation(mcfg))
     if dist.world_size() > 1 and not dist.is_main():  # a skeleton; rank 0's weights arrive in dist.shard
         from transformers import GenerationConfig
         with torch.device("meta"):
-            model = cls.from_config(config, trust_remote_code=trc, dtype=getattr(torch, mcfg.dtype))
+            model = cls.from_config(config, **kw)
         with contextlib.suppress(OSError):  # as from_pretrained does: the checkpoint's own settings
             model.generation_config = GenerationConfig.from_pretrained(path)
     else:
-        model = cls.from_pretrained(path, trust_remote_code=trc, dtype=getattr(torch, mcfg.dtype))
+        model = cls.from_pretrained(path, **kw)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trc)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -134,7 +171,8 @@ def load(path: str, mcfg) -> Bundle:
     if is_vl:
         from transformers import AutoImageProcessor
         image_processor = AutoImageProcessor.from_pretrained(path, trust_remote_code=trc)
-    return Bundle(model, tokenizer, image_processor)
+    source = config.dtype if isinstance(config.dtype, torch.dtype) else torch.float32  # config.json's dtype
+    return Bundle(model, tokenizer, image_processor, source)
 
 
 def freeze_vision(model: torch.nn.Module) -> int:
@@ -159,22 +197,54 @@ def make(cfg, texts_fn=None) -> Bundle:
     # a randomly initialised vision tower carries no visual knowledge to protect: it trains in SFT
     if cfg.model.freeze_vision and bundle.is_vl and init:
         freeze_vision(bundle.model)
+    low = sorted({str(p.dtype) for p in bundle.model.parameters() if p.requires_grad and torch.finfo(p.dtype).bits < 32})
+    if low:  # AdamW on bf16 weights rounds most small updates away (at lr 1e-6, nearly all of them)
+        raise ValueError(f"model.dtype={cfg.model.dtype}: training {', '.join(low)} parameters keeps no fp32 master "
+                         "weights, and most updates round away. Use model.dtype=float32: under torchrun on GPUs "
+                         "FSDP still computes in bf16 (dist.mixed_precision=bf16) with the fp32 shards as master "
+                         "weights.")
+    if cfg.model.export_dtype:
+        bundle.export_dtype = dtype_of(cfg.model.export_dtype, "model.export_dtype")
     if cfg.model.gradient_checkpointing:
-        bundle.model.gradient_checkpointing_enable()
+        bundle.model.activation_checkpointing_enable()  # non-reentrant, per decoder / vision block
+        # Hugging Face also hooks every input embedding (the vision tower's patch embedding too)
+        # to make its output require grad, which only reentrant checkpointing and adapters need.
+        # With a frozen tower that turns its activations into a graph that backward walks for
+        # nothing, and that reaches the model's output (`image_outputs`) on ranks with images only.
+        bundle.model.disable_input_require_grads()
     return bundle
 
 
 def export(bundle: Bundle, out: str) -> None:
     """save_pretrained for weights (safetensors), tokenizer + chat template and image processor.
-    Under FSDP every rank joins the gather of the full weights and rank 0 writes them."""
+    The weights are written in `bundle.export_dtype`: the checkpoint's own dtype (bf16 for Qwen's
+    releases; fp32 for the tiny model) unless model.export_dtype names another. Under FSDP every
+    rank joins the gather of the full weights and rank 0 writes them."""
     model = dist.full_copy(bundle.model)
     if not dist.is_main():
         return
     os.makedirs(out, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
+    dtype = bundle.export_dtype
+    # a cast copy of the weights, not of the model: the policy itself stays fp32 (it may train on)
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    model.save_pretrained(out, state_dict=state, safe_serialization=True)
+    _set_config_dtype(os.path.join(out, "config.json"), str(dtype).removeprefix("torch."))
     bundle.tokenizer.save_pretrained(out)
     if bundle.image_processor is not None:
         bundle.image_processor.save_pretrained(out)
+
+
+def _set_config_dtype(path: str, name: str) -> None:
+    """save_pretrained names the dtype of the module's parameters (fp32 while training) in
+    config.json; the file must name the dtype of the weights it was written beside, which is what
+    `from_pretrained` loads them as by default."""
+    with open(path) as f:
+        conf = json.load(f)
+    for c in [conf] + [v for v in conf.values() if isinstance(v, dict) and "dtype" in v]:
+        c["dtype"] = name
+    with open(path, "w") as f:
+        json.dump(conf, f, indent=2, sort_keys=True)
+        f.write("\n")
 
 
 def n_params(model: torch.nn.Module) -> int:
