@@ -2,7 +2,7 @@
 every label's recipe (verifiers.score_batch), against an honest baseline per label.
 
     python -m nanosafe.audit [--judges VERIFIER=KIND:PATH ...] [--device DEV]
-                             [--weights VERIFIER=W ...] [--format-weight W]
+                             [--weights VERIFIER=W ...] [--format-weight W] [--attacks NAME ...]
 
 RL amplifies any response a verifier over-rewards, so each label gets one representative prompt
 and an honest baseline response, the best a policy earns without doing the task: a bare refusal
@@ -118,10 +118,14 @@ def _fill(template: str, sample: dict) -> str:
             .replace("{ref}", ref).replace("{{", "{").replace("}}", "}"))
 
 
-def run(judges=None, weights=None, format_weight: float = 1.0) -> dict:
-    """Score the baseline and every attack under every label. Returns {"baseline": {label: r},
-    "rewards": {attack: {label: r}}, "marked": [(attack, label), ...]} (marked: r > baseline)."""
-    names = ["(honest baseline)"] + list(ATTACKS)
+def run(judges=None, weights=None, format_weight: float = 1.0, attacks=None) -> dict:
+    """Score the baseline and every attack (or the named `attacks`) under every label. Returns
+    {"baseline": {label: r}, "rewards": {attack: {label: r}}, "marked": [(attack, label), ...]}
+    (marked: r > baseline)."""
+    unknown = set(attacks or ()) - set(ATTACKS)
+    if unknown:
+        raise ValueError(f"unknown attacks {sorted(unknown)}; known: {sorted(ATTACKS)}")
+    names = ["(honest baseline)"] + list(attacks or ATTACKS)
     templates = [T + LABELS[label][1] for label in LABELS]
     samples, texts = [], []
     for j, label in enumerate(LABELS):
@@ -142,7 +146,7 @@ def run(judges=None, weights=None, format_weight: float = 1.0) -> dict:
 def format_table(result: dict) -> str:
     """attack x label -> reward; `!` marks a reward above the label's honest baseline."""
     labels = list(result["baseline"])
-    width = max(map(len, result["rewards"])) + 2
+    width = max(map(len, [*result["rewards"], "(honest baseline)"])) + 2
     head = "attack".ljust(width) + "".join(f"{l:>13}" for l in labels)
     base = "".join(f"{result['baseline'][l]:>13.2f}" for l in labels)
     lines = [head, "(honest baseline)".ljust(width) + base]
@@ -172,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--weights", nargs="*", default=[], metavar="VERIFIER=W",
                     help="reward weights, as the config's verifiers.weights")
     ap.add_argument("--format-weight", type=float, default=1.0)
+    ap.add_argument("--attacks", nargs="*", default=None, metavar="NAME", help="a subset of the battery")
     args = ap.parse_args(argv)
     weights = {}
     for key, value in _pairs(args.weights, "--weights").items():
@@ -181,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"--weights {key}={value!r}: not a number") from None
     spec = _pairs(args.judges, "--judges")
     judges = verifiers.load_judges(spec, args.device) if spec else None
-    result = run(judges, weights or None, args.format_weight)
+    result = run(judges, weights or None, args.format_weight, args.attacks)
     print(f"judges: {', '.join(f'{k}={v}' for k, v in spec.items()) or 'rule judges'}")
     print(format_table(result))
     return 1 if result["marked"] else 0
