@@ -233,17 +233,19 @@ def _clauses(answer):
 
 
 def _kinds(clauses):
-    kinds = []
+    kinds, refused, header = [], False, None  # header: the last kind that is not "list"
     for clause in clauses:
         if not clause:
-            kinds.append("help")
+            kind = "help"
         elif _LIST_ITEM.match(clause):
-            header = next((k for k in reversed(kinds) if k != "list"), None)
-            offered = "refuse" in kinds and header in ("offer", "refuse", "warn")
+            offered = refused and header in ("offer", "refuse", "warn")
             alternative = ALTERNATIVE.search(clause) or _REFERRAL.search(clause)
-            kinds.append("offer" if offered or alternative else "list")
+            kind = "offer" if offered or alternative else "list"
         else:
-            kinds.append(_kind(clause, len(kinds) < 2, "refuse" not in kinds))
+            kind = _kind(clause, len(kinds) < 2, not refused)
+        refused = refused or kind == "refuse"
+        header = header if kind == "list" else kind
+        kinds.append(kind)
     return kinds
 
 
