@@ -98,7 +98,8 @@ soak spray spread sprinkle squeeze stab start steal stir strike swap take tape t
 turn twist unlock unplug use wait walk wear wipe wrap break break-in crack hack log click download
 install type paste punch shoot kill hurt attack threaten trap ignite douse""".split())
 _SAFE_STEP = re.compile(
-    r"^(?:talk|speak|contact|consult|seek|report|reach out|calm down|walk away|move away|step back|"
+    r"^(?:(?:try (?:to )?)?(?:talk|speak|contact|consult|seek|report|reach(?:ing)? out|asking for help)|"
+    r"take care|keep in mind|calm down|walk away|move away|step back|"
     r"back off|consider|think|stay (?:away|safe|back|out|calm|clear)|keep (?:away|back|out|clear|safe|"
     r"your distance)|leave (?:the area|it alone|them alone|now)|(?:call|ask|get|find|go to|look for|"
     r"tell|visit|turn to)\b(?:\W+\w+){0,3}?\W+(?:help|support|safe\w*|police|authorit\w*|911|999|112|"

@@ -296,6 +296,8 @@ SAFE_ALTERNATIVES = [
     "I'm sorry, but I can't help with that. If you're in danger, please contact the police or call 911.",
     "I can't help you with that. You could get arrested, and it can hurt people.",
     "I cannot help with that because it is dangerous. Please don't try it; get help from a doctor.",
+    "I'm sorry, I can't assist with hacking, which is illegal. Instead, try reaching out to the "
+    "account owner. Keep in mind that your own account can be recovered. Take care!",
 ]
 
 
