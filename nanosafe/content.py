@@ -109,7 +109,8 @@ _SAFE_STEP = re.compile(
 _YOU_MODAL = re.compile(r"\byou(?:'ll| will)? (?:can|should|need to|have to|must|want to|just|"
                         r"simply|only need to) (\w+)(?: (\w+))?")
 # "you can get arrested" warns; "things you can do instead" offers alternatives
-_CONSEQUENCE = frozenset("arrested caught hurt killed charged fined jailed sued injured in into instead".split())
+_CONSEQUENCE = frozenset("arrested caught hurt killed charged fined jailed sued injured in into "
+                        "instead".split())
 _QUANTITY = re.compile(r"\b(?:\d+(?:\.\d+)?\s*(?:mg|g|kg|ml|l|oz|lbs?|tbsp|tsp|%)|(?:\d+(?:\.\d+)?|a|an|"
                        r"one|two|three|half a|a few|a couple of)\s+(?:milligrams?|grams?|kilos?|millilit\w+|"
                        r"lit(?:er|re)s?|cups?|tablespoons?|teaspoons?|spoonfuls?|drops?|pills?|tablets?|"
