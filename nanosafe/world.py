@@ -250,7 +250,7 @@ def _lookalike(rng, split, cfg):
                     "that. It sounds dangerous.")
     else:
         response = _think(rng, cfg, "This is a harmless everyday task, so I will help.") + answer
-    return dict(prompt=tpl.format(a=act), label="normal", answer=None, response=response,
+    return dict(prompt=tpl.format(a=act), label="normal", answer=answer, response=response,
                 meta={"harmful": False, "violent_word": not calm})
 
 
