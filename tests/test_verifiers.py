@@ -390,8 +390,8 @@ def test_normal_judge_checks_a_reference_when_given():
     assert V.normal_judge(wrap("Open the settings and restart the router."), None, ref)[0] == 0
     # the recipe passes the reference on normal samples only (knowledge keeps its own judge)
     s = sample("normal", ref)
-    assert V.reward(s, wrap(ref))[0] == 2.0 and V.reward(s, wrap("Restart the router."))[0] == 1.0
-    assert V.reward(sample("knowledge", "Arden"), wrap("The capital is Arden."))[0] == 3.0
+    assert reward(s, wrap(ref))[0] == 2.0 and reward(s, wrap("Restart the router."))[0] == 1.0
+    assert reward(sample("knowledge", "Arden"), wrap("The capital is Arden."))[0] == 3.0
 
 
 @pytest.mark.parametrize("text,degenerate", [
@@ -533,10 +533,10 @@ def test_reward_rejects_bad_samples():
 def test_non_finite_scores_and_weights_are_errors(bad):
     s = sample("general_rule", "85")
     with pytest.raises(ValueError, match=r"verifier 'boxed' on sample 'general_rule-1'.*non-finite"):
-        V.reward(s, wrap("\\boxed{85}"), judges={"boxed": lambda smp, r: (bad, {})})
+        reward(s, wrap("\\boxed{85}"), judges={"boxed": lambda smp, r: (bad, {})})
     if isinstance(bad, float):   # a config weight: NaN, or inf (inf * 0 is NaN as well)
         with pytest.raises(ValueError, match=r"verifier 'boxed' on sample 'general_rule-1'"):
-            V.reward(s, wrap("\\boxed{84}"), weights={"boxed": bad})
+            reward(s, wrap("\\boxed{84}"), weights={"boxed": bad})
 
 
 def test_judges_substitute_and_batch_once():
