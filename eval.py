@@ -8,12 +8,15 @@
     python eval.py --model DIR --step-search 4                    # + verifier-guided step search
     python eval.py --model DIR --edit --id heldout-00030          # edit a think step, continue
     python eval.py --model DIR --id heldout-00030 --edit-step 0 --edit-text "This is harmful."
+    python eval.py --audit [--judges safety=classifier:DIR]       # reward-hacking audit of the judges
 
 The command line of nanosafe/evaluate.py (generation, scoring and the summary live there; see its
 docstring for what each summary key means, DESIGN §9): it loads the model and the prompts, runs
 the evaluation or an intervention (nanosafe/interventions.py), prints the table and writes JSON
 (`--out`, default <model>/eval_<bench>.json) holding summary, summary_sampled and the same per
 family. The search tool is in the loop whenever the world has a knowledge base, as in rung 4.
+`--audit` needs no model: it runs nanosafe/audit.py's battery of degenerate and adversarial
+responses through every label's recipe and exits 1 if any attack beats the honest baseline.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ import sys
 import time
 import torch
 
-from nanosafe import benchmarks, config, data, interventions, model, rollout
+from nanosafe import audit, benchmarks, config, data, interventions, model, rollout
 from nanosafe.evaluate import SUMMARY_KEYS, evaluate, fmt, score, step_search_eval, table, tiny_world
 
 
@@ -100,6 +103,8 @@ def compare(args, rest) -> dict:
 
 
 def main(argv: list[str]) -> dict:
+    if argv[:1] == ["--audit"]:
+        raise SystemExit(audit.main(argv[1:]))
     args, rest = parse_args(argv)
     if len(args.model) > 1:
         return compare(args, rest)
