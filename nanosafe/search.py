@@ -1,6 +1,6 @@
 """The deliberative-search tool (rung 4): BM25 over a local knowledge base, in numpy.
 
-    kb = SearchTool.from_jsonl("out/tiny/world/kb.jsonl")    # {"id": ..., "text": ...} a line
+    kb = SearchTool.from_jsonl("my_passages.jsonl")    # {"id": ..., "text": ...} a line
     kb("capital of Veldoria")  ->  "The capital of Veldoria is Marnoth."
 
 Okapi BM25 with the usual k1 = 1.5, b = 0.75 and the non-negative idf
