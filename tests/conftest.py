@@ -46,3 +46,23 @@ def crash_then_resume(script, args, crash_step, monkeypatch):
         script.main(args)
     monkeypatch.setattr(script.checkpoint, "save", real_save)
     script.main(args)
+
+
+# ----------------------------------------------------------------------------- verifier test helpers
+
+def wrap(answer, think="The user asks something; I consider it."):
+    """A well-formed response with `answer` after the think block."""
+    return f"<think>{think}</think> {answer}"
+
+
+def sample(label, answer=None, harmful=None, prompt="q?"):
+    meta = {} if harmful is None else {"harmful": harmful}
+    return {"id": f"{label}-1", "prompt": prompt, "images": [], "answer": answer, "label": label,
+            "meta": meta}
+
+
+def reward(sample, response, **kwargs):
+    """(reward, metrics) of one response through verifiers.score_batch."""
+    import verifiers
+    rewards, metrics = verifiers.score_batch([sample], [response], **kwargs)
+    return rewards[0], metrics[0]
