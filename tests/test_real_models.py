@@ -176,8 +176,9 @@ def test_dtypes_and_attention_are_checked(files):
     with pytest.raises(ValueError, match=r"model.dtype=bfloat16: training torch.bfloat16 parameters keeps no "
                                          r"fp32 master weights.*Use model.dtype=float32"):
         model.make(cfg)
-    for key, value, msg in [("model.dtype", "int8", "not a floating-point torch dtype"),
-                            ("model.export_dtype", "half_precision", "not a floating-point torch dtype"),
+    with pytest.raises(ValueError, match="config key 'model.dtype': 'int8' is not one of float32, bfloat16, float16"):
+        config.parse([f"init={files['qwen2_5_0_5b']}", "model.dtype=int8"])  # caught when parsed
+    for key, value, msg in [("model.export_dtype", "half_precision", "not a floating-point torch dtype"),
                             ("model.attn_implementation", "fast", "one of sdpa, eager, flash_attention_2")]:
         with pytest.raises(ValueError, match=f"{key}={value!r}: {msg}".replace("(", r"\(")):
             model.make(config.parse([f"init={files['qwen2_5_0_5b']}", f"{key}={value}"]))
