@@ -1,20 +1,12 @@
 """
 Group advantage + CALE length term as one Triton kernel: one program per prompt group.
 
-The formulas and every choice (groups of one and all-equal groups give 0, unbiased std, eps,
-CALE's good set and its one-sided length bonus) are those of
-nanosafe.rl.group_advantages - see nanosafe/rl.py, the single source of truth; this file only
-maps them onto a kernel and is tested against it. Statistics are in float32, or float64 when the
-rewards are float64; eps, beta and tau travel in that dtype too, so `R >= tau` compares exactly
-as in rl.py.
-
-On a GPU this saves the dozen small launches of the torch version; its real use is as a readable
-example of a segmented reduction, and as a check that the torch version says what it means.
-"""
+The formulas and every choice are those of nanosafe.rl.group_advantages (nanosafe/rl.py, the
+single source of truth); this file only maps them onto a kernel and is tested against it.
+Statistics in float32, or float64 for float64 rewards (docs/kernels.md)."""
 import torch
 import triton
 import triton.language as tl
-
 
 @triton.jit
 def _adv_kernel(r_ptr, len_ptr, par_ptr, out_ptr, G, STD: tl.constexpr, CALE: tl.constexpr,
@@ -51,7 +43,6 @@ def _adv_kernel(r_ptr, len_ptr, par_ptr, out_ptr, G, STD: tl.constexpr, CALE: tl
         a_len = tl.where(spread & (n_good >= 2), a_len, 0.0)
         adv = adv + beta * a_len
     tl.store(out_ptr + base + offs, adv, mask=ok)
-
 
 def group_advantages_triton(rewards, group_size, norm="std", eps=1e-6, lengths=None, cale_beta=0.0,
                             cale_tau=None):

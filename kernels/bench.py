@@ -1,25 +1,12 @@
 """
 Benchmark of per-token log-prob (forward + backward) at real LM-head shapes.
 
-    python kernels/bench.py [--shapes 0.5b,7b] [--json PATH]     # GPU: the table below
+    python kernels/bench.py [--shapes 0.5b,7b] [--json PATH]     # GPU: time, peak memory, error
     python kernels/bench.py --cpu-mem                             # CPU: peak memory, naive vs twin
 
-GPU mode, bf16 inputs, at the Qwen2.5-0.5B head (N=4096, D=896, V=151936) and the Qwen2.5-7B
-head (N=16384, D=3584, V=152064), for each candidate:
-  - median fwd+bwd time (triton.testing.do_bench),
-  - incremental peak memory (torch.cuda.max_memory_allocated minus the allocation before the
-    step; the dh and dW outputs, which every candidate must produce, are included),
-  - max error of log p, dh and dW against float64 on a subset of rows (the upstream gradient is
-    non-zero only on those rows, so dW's float64 reference needs only them).
-Candidates: naive fp32 (log_softmax + gather), torch.compile of it, ours (Triton forward; also
-with entropy, and the torch twin), Liger's fused linear cross-entropy and Cut Cross-Entropy when
-importable. The table is printed last; the JSON goes to $OUT/bench.json if OUT is set, else to
---json. A candidate that fails (OOM, missing or changed API) gets its error in the JSON.
-
---cpu-mem runs naive and the torch twin (fp32, N=2048, D=896, V=151936) each in a fresh process
-and prints the growth of its peak resident set (ru_maxrss) over one fwd+bwd: torch's CPU
-allocator is plain malloc, so the OS high-water mark is the honest measure.
-"""
+Candidates: naive fp32, torch.compile of it, ours (Triton, +entropy, torch twin), and Liger's
+fused linear cross-entropy and Cut Cross-Entropy when importable. The JSON goes to $OUT/bench.json
+if OUT is set, else to --json. What is measured and how: docs/kernels.md."""
 import argparse
 import json
 import os
@@ -34,7 +21,6 @@ import torch  # noqa: E402
 from kernels.logprob import fused_logprob  # noqa: E402
 
 SHAPES = {"0.5b": (4096, 896, 151936), "7b": (16384, 3584, 152064)}
-
 
 def candidates():
     naive = lambda h, W, t: fused_logprob(h, W, t, impl="naive")  # noqa: E731
@@ -59,14 +45,12 @@ def candidates():
         print(f"cut-cross-entropy not available: {e!r}")
     return out
 
-
 def fwd_bwd(fn, h, W, t, g, g_ent=None):
     """One step: log p gets the upstream gradient g, the entropy (where returned) g_ent or g."""
     out = fn(h, W, t)
     outs = out if isinstance(out, tuple) else (out,)
     grads = (g,) + (g if g_ent is None else g_ent,) * (len(outs) - 1)
     return outs[0], torch.autograd.grad(outs, (h, W), grads)
-
 
 def errors(fn, h, W, t, rows):
     """Max |error| of log p (rows), dh (rows) and dW (relative to max |dW|) against float64."""
@@ -80,7 +64,6 @@ def errors(fn, h, W, t, rows):
     return {"logp": (logp[rows].double() - ref).abs().max().item(),
             "dh_rel": ((dh[rows].double() - dh64).abs().max() / dh64.abs().max()).item(),
             "dW_rel": ((dW.double() - dW64).abs().max() / dW64.abs().max()).item()}
-
 
 def bench_gpu(shape_names):
     from triton.testing import do_bench
@@ -114,7 +97,6 @@ def bench_gpu(shape_names):
             results.append(row)
     return results
 
-
 def print_table(results):
     cols = [("shape", 5, "{}"), ("impl", 24, "{}"), ("ms", 9, "{:.2f}"), ("peak_mem_gib", 12, "{:.2f}"),
             ("logp", 9, "{:.1e}"), ("dh_rel", 9, "{:.1e}"), ("dW_rel", 9, "{:.1e}")]
@@ -124,7 +106,6 @@ def print_table(results):
             print(f"{r['shape']:<5}  {r['impl']:<24}  failed: {r['error'][:100]}")
         else:
             print("  ".join(f.format(r[c]).ljust(w) for c, w, f in cols))
-
 
 def cpu_mem_child(impl):
     N, D, V = 2048, 896, 151936
@@ -142,7 +123,6 @@ def cpu_mem_child(impl):
     print(json.dumps({"impl": impl, "N": N, "D": D, "V": V, "peak_growth_mib": (peak - before) / 1024,
                       "grads_mib": (dh.numel() + dW.numel()) * 4 / 2 ** 20, "seconds": seconds}))
 
-
 def cpu_mem():
     rows = []
     for impl in ("naive", "torch"):
@@ -153,7 +133,6 @@ def cpu_mem():
     for r in rows:
         print(f"{r['impl']:<8}{r['peak_growth_mib']:>21.0f}{r['grads_mib']:>23.0f}{r['seconds']:>14.1f}")
     return rows
-
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -176,7 +155,6 @@ def main():
         with open(path, "w") as f:
             json.dump(results, f, indent=1)
         print(f"wrote {path}")
-
 
 if __name__ == "__main__":
     main()

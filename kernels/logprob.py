@@ -1,49 +1,21 @@
 """
 Fused linear log-prob (+ entropy): per-token log p(target) and entropy from the last hidden
-states and the LM head, without ever materialising the [N, V] logits.
+states and the LM head, without ever materialising the [N, V] logits (docs/kernels.md).
 
 For hidden h [N, D], head W [V, D], temperature T and target t_n, with z = h W^T / T:
     log p_n = z_{n,t} - logsumexp_v z_{n,v}
     H_n     = logsumexp_v z_{n,v} - sum_v p_{n,v} z_{n,v}
-The RL loss only needs these two numbers per token, yet the naive way (log_softmax + gather)
-holds [N, V] fp32 logits, their softmax and their gradient: 3 x 2.5 GB for N = 4096 on a 152K
-vocabulary. Here, beyond the inputs and their gradients, the Triton forward keeps [S, N] partial
-results and the chunked torch code two [N, chunk] fp32 buffers (~64 MB each by default).
-
-Forward (Triton). The vocabulary is cut into S splits; a program owns a (row block, split) tile,
-walks its split in BLOCK_V columns, computes each logits tile with tl.dot (fp32 accumulation),
-divides the fp32 accumulator by T and folds it into three running values per row:
-    m = max z,   s = sum exp(z - m),   w = sum exp(z - m) (z - m)     (online softmax)
-When m grows to m', both sums are rescaled by exp(m - m'), and w also gains (m - m') s. Keeping
-w shifted by m keeps it as well conditioned as s. Splits make enough programs to fill the GPU
-when N is small; a tiny torch step (_merge) combines the S partial triples, with no atomics, and
-  logsumexp = m + log s,   H = log s - w / s.
-Every exp() sees a shifted argument <= 0 and every -inf meets a guard, so rows whose logits are
-all very negative do not NaN. Offsets are int64 (N*D and V*D may exceed 2^31).
-
-Backward (torch, shared by every impl but naive). With g = dL/dlog p and g_H = dL/dH:
+Forward (Triton): the vocabulary is cut into S splits; each program folds its logits tiles into
+three running values per row (online softmax; _merge combines the S partials, no atomics):
+    m = max z,   s = sum exp(z - m),   w = sum exp(z - m) (z - m)
+    logsumexp = m + log s,   H = log s - w / s
+Backward (torch, every impl but naive), with g = dL/dlog p and g_H = dL/dH:
     dL/dz_v = g (1[v = t] - p_v) - g_H p_v (z_v - logsumexp + H),    dL/dlogit = dL/dz / T
-The logits are recomputed one vocabulary chunk at a time with the same fp32 accumulation and the
-same T; then dh += dlogit_c W_c (fp32 accumulator) and dW_c = dlogit_c^T h, written slice by
-slice (each slice is a complete sum over N in fp32, cast once; nothing accumulates in bf16).
-Ignored rows (target == ignore_index) give log p 0, entropy 0 and zero gradient.
-
-impl: "triton" (forward kernel; GPU, or CPU under TRITON_INTERPRET=1), "torch" (the same formulas
-chunked over the vocabulary: the CPU path, also memory-light), "naive" (full fp32 log_softmax +
-gather with autograd: the obviously-correct reference), "auto" = triton on CUDA else torch.
-
-How this differs from Liger's FusedLinearCrossEntropy and Cut Cross-Entropy (CCE): both target the
-mean cross-entropy loss of SFT. Liger chunks the rows, materialises each chunk's logits in the
-input dtype and computes the gradients eagerly inside the forward. CCE keeps logits in SRAM like
-us and its backward skips entries whose softmax is negligible (gradient filtering). Here the output
-is a per-token log-prob and entropy with arbitrary upstream gradients (the RL loss weights every
-token by its advantage), temperature is applied in fp32 before the softmax as at sampling time,
-and the backward is exact (no filtering) and leaves the big matmuls to cuBLAS.
-"""
+recomputing the logits one vocabulary chunk at a time with the same fp32 accumulation and T.
+Ignored rows (target == ignore_index) give log p 0, entropy 0 and zero gradient."""
 import torch
 import triton
 import triton.language as tl
-
 
 @triton.jit
 def _fwd_kernel(h_ptr, w_ptr, tgt_ptr, m_ptr, s_ptr, ent_ptr, zt_ptr, N, V, D, stride_h, stride_w,
@@ -90,7 +62,6 @@ def _fwd_kernel(h_ptr, w_ptr, tgt_ptr, m_ptr, s_ptr, ent_ptr, zt_ptr, N, V, D, s
     tl.store(ent_ptr + out, w, mask=row_ok)
     tl.store(zt_ptr + out, zt, mask=row_ok)
 
-
 def _merge(m, s, w):
     """Combine partial online-softmax triples stacked on dim 0 ([S, N] each) into [N] each."""
     M = m.amax(0)  # [N]
@@ -99,9 +70,7 @@ def _merge(m, s, w):
     shift = torch.where(s > 0, m - M, torch.zeros_like(s)) * s  # never -inf * 0
     return M, (a * s).sum(0), (a * (w + shift)).sum(0)
 
-
 _MM_OUT_DTYPE = True  # torch.mm(..., out_dtype=) exists on CUDA from torch 2.8
-
 
 def _mm32(a, b):
     """a @ b accumulated and returned in fp32 (bf16 logits would round z by ~1e-2)."""
@@ -113,10 +82,8 @@ def _mm32(a, b):
             _MM_OUT_DTYPE = False
     return a.float() @ b.float()
 
-
 def _default_chunk(n):
     return max(256, min(65536, 2 ** 24 // max(n, 1)))  # ~64 MB per fp32 [N, chunk] temporary
-
 
 def _forward_triton(h, W, tgt, T, entropy, block, splits):
     N, D = h.shape
@@ -137,7 +104,6 @@ def _forward_triton(h, W, tgt, T, entropy, block, splits):
                                           BLOCK_V=BV, BLOCK_D=BD, num_warps=8 if BN * BV >= 8192 else 4)
     return (*_merge(m, s, w), zt.sum(0))
 
-
 def _forward_torch(h, W, tgt, T, entropy, chunk):
     N, V = h.shape[0], W.shape[0]
     state = None
@@ -155,7 +121,6 @@ def _forward_torch(h, W, tgt, T, entropy, chunk):
         z_t = zs.gather(1, idx.clamp(0, zs.shape[1] - 1)[:, None])[:, 0] + mc
         zt += torch.where(inside, z_t, 0.0)
     return (*state, zt)
-
 
 def _backward(h, W, tgt, logz, ent, g_logp, g_ent, T, chunk):
     N, V = h.shape[0], W.shape[0]
@@ -178,7 +143,6 @@ def _backward(h, W, tgt, logz, ent, g_logp, g_ent, T, chunk):
         dh += _mm32(dlogit, Wc)
         dW[v0:v0 + chunk] = _mm32(dlogit.t(), h)  # [C, D], complete fp32 sum over N, cast once
     return dh.to(h.dtype), dW
-
 
 class _FusedLogprob(torch.autograd.Function):
     @staticmethod
@@ -210,14 +174,12 @@ class _FusedLogprob(torch.autograd.Function):
         dh, dW = _backward(h, W, tgt, logz, ent, g_logp, g_ent, ctx.T, ctx.chunk)
         return dh, dW, None, None, None, None, None, None, None
 
-
 def _naive(h, W, tgt, T, want_ent):
     logq = torch.log_softmax((h.float() @ W.float().t()) / T, dim=-1)  # [N, V] fp32
     valid = tgt >= 0
     logp = torch.where(valid, logq.gather(1, tgt.clamp(min=0)[:, None])[:, 0], 0.0)
     ent = torch.where(valid, -(logq.exp() * logq).sum(-1), 0.0) if want_ent else None
     return logp, ent
-
 
 def fused_logprob(hidden, weight, targets, temperature=1.0, return_entropy=False, ignore_index=-100,
                   impl="auto", block=(64, 128, 64), splits=None, chunk=None):

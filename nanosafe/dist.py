@@ -2,59 +2,9 @@
 
     torchrun --nproc_per_node 8 train_grpo.py --config configs/qwen2_5_vl_7b.py stage=m3a init=...
 
-`init` joins torchrun's process group (on CUDA one GPU per local rank, NCCL for GPU tensors and
-gloo for host ones; on CPU gloo, which is how the tests run two processes on a laptop). Without
-torchrun nothing is initialised: rank 0 of 1, every helper below is a no-op and the scripts run
-the plain single-process code. Rank 0 alone prints, logs, writes config.json and exports; the
-held-out evaluations run on every rank (the same forward passes, which FSDP needs anyway).
-
-Data parallelism. A step's global batch (SFT sequences, RL prompts) is split into per-rank
-slices (`local_slice`). Every loss in nanosafe is divided by the step's *global* counts
-(tokens or sequences of all ranks, `all_reduce_sum`), so a rank's loss is its share of the global
-loss and the SUM of the ranks' gradients is the single-process gradient. FSDP's default is a mean
-over ranks, so `shard` sets the gradient divide factor to 1 (a plain sum, no rescaling).
-
-Sharding (`shard`) with FSDP2's `fully_shard`:
-- one unit per decoder layer (all-gathered just before its forward, freed after it, gathered again
-  in backward) and the root unit holding the rest: embeddings, final norm, LM head and the vision
-  tower. The root stays gathered from its forward to the end of backward, so the RL loss can read
-  the LM head's weight (kernels.logprob) after the forward has returned.
-- the vision tower is in the root unit, not a unit of its own, on purpose: a unit is all-gathered
-  when its module runs, and only prompts with images run the tower, so a rank whose micro-batch
-  has no image would skip a collective the others wait in. The root is gathered on every forward.
-  Frozen (the presets; requires_grad False) the tower gets no gradient and no optimiser state;
-  trainable (the tiny model built from scratch) a rank without images contributes zeros
-  (`set_reduce_scatter_unused_params`, FSDP's analogue of DDP's find_unused_parameters).
-- mixed image/text batches: FSDP2 hangs as soon as the ranks issue different collectives, and
-  a hook that fires on some ranks only does exactly that. The root unit's pre-backward hook sits
-  on the root's outputs and fires only where the loss reaches one of them: SFT's loss reads the
-  logits, but the RL loss reads the hidden states (kernels.logprob), and Hugging Face returns the
-  vision tower's output (`image_outputs`) beside the logits, so with a trainable tower -- or a
-  frozen one under gradient checkpointing, which made its activations require grad -- the hook
-  fired on image ranks only, late in backward, and by default prefetched (all-gathered) a decoder
-  layer the other ranks never gathered: the hang of FSDP + gradient checkpointing + mixed
-  batches. Hence the root prefetches only itself (a no-op, it is gathered already), so its hook
-  issues no collective wherever and whenever it fires; and nanosafe.model drops the
-  checkpointing hook that made a frozen tower's activations require grad. Peers chose otherwise:
-  a dummy image through the tower on every rank (verl, EasyR1) costs a tower forward and backward
-  per text micro-batch and only hides the asymmetry; keeping the tower in the root unit (as here)
-  and `set_reduce_scatter_unused_params` (also set) were already in place when it hung.
-- on CUDA, bf16 mixed precision: the fp32 shards are the optimiser's master weights, gathered as
-  bf16 for compute, gradients reduced in fp32. On CPU (gloo, tests) everything stays fp32.
-- `dist.cpu_offload`: shards, gradients and the optimiser step live in host memory (72B).
-- activation checkpointing is `model.gradient_checkpointing` (Hugging Face's, per decoder layer).
-- loading a checkpoint: rank 0 reads it, the other ranks build the model on the meta device
-  (nanosafe.model.load), and after sharding rank 0 broadcasts the weights shard by shard, so the
-  host holds one copy of the model instead of one per rank.
-
-Generation (`generation`), every rank at once with its own prompts. By default the whole policy is
-gathered for the rollout (bf16 on CUDA) and each rank then calls `generate` with no further
-communication; this needs the full bf16 weights on every GPU. `dist.rollout_unshard=false` keeps
-the layers sharded (72B): each forward pass all-gathers layer by layer, so the ranks must run the
-same number of forward passes -- `generate(synced_gpus=True)` within a call, and the same number
-of calls (nanosafe.rollout gives a rank with nothing left a throw-away row of one greedy token).
-The root unit is gathered for the whole rollout in both modes (see `generation`).
-"""
+Without torchrun every helper is a no-op (rank 0 of 1). Losses are divided by the step's global
+counts, so the ranks' gradients SUM to the single-process gradient. How the sharding, the mixed
+image/text batches and the rollouts work: docs/scaling.md, "Inside nanosafe/dist.py"."""
 from __future__ import annotations
 
 import atexit
@@ -67,7 +17,6 @@ import torch
 import torch.distributed as tdist
 
 _device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
 
 def init(dcfg) -> torch.device:
     """Join torchrun's process group if launched by torchrun; returns this rank's device."""
@@ -86,12 +35,9 @@ def init(dcfg) -> torch.device:
         _device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
     return _device
 
-
 def close() -> None:
-    """Wait for every rank, then leave the process group (the end of a script). A torchrun worker
-    then exits at once: now and then the interpreter's own teardown aborted a rank whose work was
-    all done ("terminate called without an active exception", a C++ thread destroyed while still
-    joinable), which torchrun reports as a failed run."""
+    """Wait for every rank, leave the process group and exit at once (the end of a script): the
+    interpreter's teardown sometimes aborted a finished rank (docs/scaling.md)."""
     if not tdist.is_initialized():
         return
     tdist.barrier()
@@ -100,28 +46,22 @@ def close() -> None:
     sys.stderr.flush()
     os._exit(0)
 
-
 def _destroy() -> None:
     if tdist.is_initialized():
         tdist.destroy_process_group()
 
-
 def rank() -> int:
     return tdist.get_rank() if tdist.is_initialized() else 0
-
 
 def world_size() -> int:
     return tdist.get_world_size() if tdist.is_initialized() else 1
 
-
 def is_main() -> bool:
     return rank() == 0
-
 
 def barrier() -> None:
     if tdist.is_initialized():
         tdist.barrier()
-
 
 def _all_reduce(x, op):
     if not tdist.is_initialized():
@@ -132,15 +72,12 @@ def _all_reduce(x, op):
     out = [type(v)(s) for v, s in zip(xs, t.tolist())]
     return out if isinstance(x, (list, tuple)) else out[0]
 
-
 def all_reduce_sum(x):
     """Sum a number (or a list of numbers) over the ranks; ints stay ints."""
     return _all_reduce(x, tdist.ReduceOp.SUM)
 
-
 def all_reduce_max(x):
     return _all_reduce(x, tdist.ReduceOp.MAX)
-
 
 def gather_objects(items: list) -> list:
     """Concatenate every rank's list, in rank order."""
@@ -149,7 +86,6 @@ def gather_objects(items: list) -> list:
     parts = [None] * world_size()
     tdist.all_gather_object(parts, items)
     return [x for p in parts for x in p]
-
 
 def local_slice(items: list, parts: int = 1) -> list:
     """This rank's share of a step's global batch: a contiguous slice; with `parts` > 1 (the RL
@@ -161,27 +97,23 @@ def local_slice(items: list, parts: int = 1) -> list:
     size = n // (parts * w)
     return [x for k in range(parts) for x in items[(k * w + rank()) * size:(k * w + rank() + 1) * size]]
 
-
 def main_first(fn, *args):
     """fn(*args) on rank 0, then on the others: write shared files once, then read them."""
     out = fn(*args) if is_main() else None
     barrier()
     return out if is_main() else fn(*args)
 
-
 def is_sharded(model) -> bool:
     from torch.distributed.fsdp import FSDPModule
     return isinstance(model, FSDPModule)
-
 
 def device_of(model) -> torch.device:
     """Where `model` computes: its parameters' device, except under FSDP, where the shards may
     live in host memory (cpu_offload) while the compute runs on this rank's device."""
     return _device if is_sharded(model) else next(model.parameters()).device
 
-
 def shard(model: torch.nn.Module, dcfg) -> torch.nn.Module:
-    """FSDP2 as the module docstring says; a single process just moves the model to its device."""
+    """FSDP2 as docs/scaling.md says; a single process just moves the model to its device."""
     if not tdist.is_initialized():
         return model.to(_device)
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
@@ -202,12 +134,11 @@ def shard(model: torch.nn.Module, dcfg) -> torch.nn.Module:
     fully_shard(model, reshard_after_forward=False, **kw)
     model.set_reduce_scatter_unused_params(True)
     # The root's pre-backward hook must issue no collective: it fires only on a rank whose loss
-    # reaches one of the root's outputs (module docstring, "mixed image/text batches"). The root
-    # stays gathered, so its own unshard is a no-op, and prefetching itself (an explicit list
-    # replaces FSDP's default of gathering the next layer) is one too.
+    # reaches one of the root's outputs (docs/scaling.md, "mixed image/text batches"). Prefetching
+    # itself (instead of FSDP's default, the next layer) is a no-op: the root stays gathered.
     model.set_modules_to_backward_prefetch([model])
     for m in model.modules():
-        if isinstance(m, FSDPModule):  # sum, not mean, over ranks: see "Data parallelism" above
+        if isinstance(m, FSDPModule):  # sum, not mean, over ranks (docs/scaling.md: "Data parallelism")
             m.set_gradient_divide_factor(1.0)
             m.set_force_sum_reduction_for_comms(True)  # a plain SUM (gloo has no pre-scaled sum)
     if from_rank0:
@@ -225,18 +156,15 @@ def shard(model: torch.nn.Module, dcfg) -> torch.nn.Module:
     warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
     return model
 
-
 @contextlib.contextmanager
 def generation(model):
     """Around `generate` on every rank; yields True when the ranks must run in lockstep (the layers
-    stay sharded), False when each rank may generate on its own (single process, or the policy
-    gathered for the rollout as the module docstring says)."""
+    stay sharded), False when each rank may generate on its own (single process, or policy gathered)."""
     from torch.distributed.fsdp import FSDPModule
     if not is_sharded(model):
         yield False
         return
-    # The root unit is gathered in both modes: generate runs the vision tower on its own before
-    # the first forward pass, outside the hooks that would gather it.
+    # the root unit in both modes: generate runs the vision tower outside the hooks that gather it
     units = [m for m in model.modules() if isinstance(m, FSDPModule)] if model._rollout_unshard else [model]
     for m in units:
         m.unshard()
@@ -248,15 +176,10 @@ def generation(model):
             m.reshard()
             m.set_reshard_after_forward(m is not model)  # back to `shard`'s setting
 
-
 def clip_grad_norm_(model, max_norm: float) -> float:
-    """Clip the global gradient norm (over every shard of every rank); returns it. Called before
-    every optimiser step, so under FSDP it first gives back the single-process semantics of a
-    parameter no rank used this step (the trainable vision tower of a step without images): one
-    process leaves its gradient None and AdamW skips it, while FSDP's reduce-scatter hands it
-    zeros (`set_reduce_scatter_unused_params`), which AdamW would step -- weight decay, decayed
-    moments, one more bias-correction step -- and the two runs drift apart (the 2-rank SFT drift).
-    A gradient that is exactly zero on every shard is taken for unused and set to None."""
+    """Clip the global gradient norm (over every shard of every rank); returns it. Under FSDP a
+    gradient exactly zero on every shard first becomes None, as an unused parameter's is in one
+    process, so AdamW skips it there too (docs/scaling.md, "Unused parameters")."""
     if is_sharded(model):
         params = [p for p in model.parameters() if p.grad is not None]
         nonzero = torch.tensor([float(p.grad.to_local().count_nonzero() > 0) for p in params], device=_device)
@@ -267,12 +190,9 @@ def clip_grad_norm_(model, max_norm: float) -> float:
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
     return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
-
 def full_copy(model):
-    """The model itself when unsharded. Under FSDP (a collective: every rank calls it) rank 0 gets a
-    plain copy of the model class holding the consolidated weights on the host, which Hugging Face's
-    save_pretrained handles like any model (the FSDP class would defeat its key renaming and tied-
-    weight detection); the other ranks get None."""
+    """The model itself when unsharded. Under FSDP (a collective) rank 0 gets a plain copy of the
+    model class with the consolidated weights on the host, for save_pretrained; the others None."""
     if not is_sharded(model):
         return model
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict

@@ -1,50 +1,8 @@
 """Inference-time interventions (DESIGN §1, after training): verifier-guided step search, and a
 human edit of one reasoning step followed by generation from the edited text.
 
-Steps. A step is a sentence: the response is cut after each "." that whitespace follows, and
-after "</think>"; the end of the response ends the last step. Text inside <result>...</result>
-was written by the search tool, not the policy, so it never ends a step. The cut goes after the
-"." and before the space, so the space starts the next step. A prefix ending in ". " would
-tokenise to a lone space token, which the model never sees in training. A prefix ending in "."
-followed by " Then" matches how it writes.
-
-Continuing from a prefix (`continue_from`). rollout.generate accepts pre-encoded prompts, so the
-prefix is appended to the encoded prompt as if it were part of the prompt. Batching, left
-padding, the search-tool loop and the vision-token guard all stay the rollout's. The prefix is
-re-tokenised from its text with data.encode_response (tool results get mask 0), which is the
-tokenisation the model saw in training. The returned text is the prefix followed by the
-continuation, byte for byte, and the returned ids/mask are prefix + continuation. The budget
-rcfg.max_new_tokens counts the prefix's tokens too. generate takes one budget per call, so the
-call gets the largest room and each row is then cut to its own room.
-
-Step search (`step_search`). For all prompts at once, each step does this:
-  1. draft: sample K continuations of each prompt's prefix (one generate call, B*K rows) and cut
-     each at its first step boundary, giving K candidate steps. A draft with no boundary ended
-     the response (or ran out of budget), so that candidate is already a full response.
-  2. complete: continue each prefix + candidate greedily to the end (one generate call, at most
-     B*K rows), giving one full response per candidate. Judges read only finished answers (the
-     text after </think>), so a partial prefix cannot be scored. Greedy decoding makes the score
-     rank the step and not a lucky sampled tail.
-  3. score: run score_fn on the full responses (default: the recipe reward of
-     verifiers.score_batch, format included), keep the best candidate's step (the first one on
-     ties) and append it to the prefix.
-A prompt stops when its chosen step ends the response. After max_steps, the greedy completion of
-the chosen prefix (already computed in 2.) is the answer. Answer sentences after </think> are
-steps too, because that is the text the judges read.
-Cost: at most 2 * max_steps generate calls of B*K rows each, so roughly 2 * K * max_steps times
-the tokens of one plain rollout. A draft runs to the end of the response before it is cut,
-because rollout.generate has no per-call stop strings. With those it would stop at the boundary,
-and the cost would fall to about K * max_steps rollouts. Each result is a Rollout (eval.score and
-eval.record accept it) with a `trace` holding, per step, the candidates, their scores, the
-chosen index and the completions.
-
-Edit and continue (`edit_and_continue`). `think_steps` numbers the think block's sentences from 0.
-Step k is replaced by the user's text, everything after it is dropped, and generation continues
-from exactly that prefix. k == len(steps) appends a step at the end of the think block. The
-prefix is never normalised: the user's text is kept as typed, spaces included.
-`interactive_edit` is the input() loop behind `eval.py --edit`. `run_edit_cli` is the scriptable
-`--edit-step k --edit-text "..."` form and returns a JSON-able dict.
-"""
+A step is a sentence of the response (a "." before whitespace, or "</think>"; never inside a tool
+result). How continuing, searching and editing work, and what the search costs: docs/interventions.md."""
 from __future__ import annotations
 
 import re
@@ -57,11 +15,9 @@ from nanosafe.rollout import Rollout
 STEP_END = re.compile(r"\.(?=\s)|</think>")
 TOOL_TEXT = re.compile(r"<result>.*?(?:</result>|\Z)", re.S)  # an unclosed result was cut by the budget
 
-
 def _hide_tools(text: str) -> str:
     """Same length, tool results blanked, so that their sentences cannot end a step."""
     return TOOL_TEXT.sub(lambda m: "\0" * len(m.group()), text)
-
 
 def _think_block(text: str) -> tuple[int, int]:
     """Offsets of the think block's content: after <think> (or 0) up to </think> (or the end)."""
@@ -69,7 +25,6 @@ def _think_block(text: str) -> tuple[int, int]:
     a = 0 if a < 0 else a + len("<think>")
     b = text.find("</think>", a)
     return a, len(text) if b < 0 else b
-
 
 def _step_spans(text: str) -> list[tuple[int, int]]:
     """(start, end) offsets of the think block's steps, whitespace trimmed, empty ones dropped."""
@@ -83,17 +38,14 @@ def _step_spans(text: str) -> list[tuple[int, int]]:
             spans.append((s, e))
     return spans
 
-
 def think_steps(text: str) -> list[str]:
     """The sentences of a response's think block, in order (numbered from 0 by the edit tools)."""
     return [text[s:e] for s, e in _step_spans(text)]
-
 
 def _first_step(continuation: str) -> str | None:
     """The continuation up to and including its first step boundary; None if it has none."""
     m = STEP_END.search(_hide_tools(continuation))
     return continuation[:m.end()] if m else None
-
 
 def continue_from(bundle, samples: list[dict], prefixes: list[str], dcfg, rcfg, n: int = 1,
                   greedy: bool = False, tool=None, prompts: list[dict] | None = None) -> list[Rollout]:
@@ -118,14 +70,12 @@ def continue_from(bundle, samples: list[dict], prefixes: list[str], dcfg, rcfg, 
                                bad_tokens=r.bad_tokens))
     return results
 
-
 # ----------------------------------------------------------------------------- step search
 
 @dataclass
 class Searched(Rollout):
     # per step: {"candidates": [str], "scores": [float], "best": int, "completions": [str]}
     trace: list[dict] = field(default_factory=list)
-
 
 def reward_fn(vcfg=None, judges=None):
     """score_fn(samples, texts) -> rewards: the recipe reward (verifiers.score_batch), with the
@@ -135,10 +85,9 @@ def reward_fn(vcfg=None, judges=None):
     return lambda samples, texts: verifiers.score_batch(samples, texts, weights=weights, judges=judges,
                                                         format_weight=fw)[0]
 
-
 def step_search(bundle, samples: list[dict], dcfg, rcfg, k: int = 4, max_steps: int = 8, tool=None,
                 score_fn=None) -> list[Searched]:
-    """Verifier-guided step search (module docstring): per prompt, the chosen response and the
+    """Verifier-guided step search (docs/interventions.md): per prompt, the chosen response and the
     trace. Costs at most 2 * max_steps generate calls of len(samples) * k rows each."""
     assert k >= 1 and max_steps >= 1, "step_search needs k >= 1 and max_steps >= 1"
     score_fn = score_fn or reward_fn()
@@ -183,7 +132,6 @@ def step_search(bundle, samples: list[dict], dcfg, rcfg, k: int = 4, max_steps: 
     return [Searched(**{f.name: getattr(r, f.name) for f in fields(Rollout)}, trace=t)
             for r, t in zip(best, traces)]
 
-
 # ----------------------------------------------------------------------------- edit and continue
 
 def edit_and_continue(bundle, sample: dict, response_text: str, step_index: int, new_step_text: str,
@@ -203,11 +151,9 @@ def edit_and_continue(bundle, sample: dict, response_text: str, step_index: int,
     (r,) = continue_from(bundle, [sample], [prefix], dcfg, rcfg, greedy=greedy, tool=tool)
     return prefix, r.text[len(prefix):], r.text
 
-
 def _answer(bundle, sample: dict, dcfg, rcfg, tool=None) -> str:
     """The policy's greedy response, the starting point of an edit."""
     return rollout.generate(bundle, [sample], dcfg, rcfg, greedy=True, tool=tool)[0].text
-
 
 def interactive_edit(bundle, sample: dict, dcfg, rcfg, tool=None, response_text: str | None = None) -> str:
     """`eval.py --edit`: show the numbered steps, ask (input()) which to replace and with what,
@@ -228,7 +174,6 @@ def interactive_edit(bundle, sample: dict, dcfg, rcfg, tool=None, response_text:
         new = input("new text for the step: ")
         prefix, cont, text = edit_and_continue(bundle, sample, text, int(ans), new, dcfg, rcfg, tool=tool)
         print(f"\nedited prefix: {prefix}\ncontinuation: {cont}")
-
 
 def run_edit_cli(bundle, sample: dict, cfg, step: int, text: str, tool=None) -> dict:
     """`eval.py --edit-step k --edit-text "..."`: answer greedily, edit step k (0-based), continue,

@@ -3,37 +3,11 @@
     python -m nanosafe.memory                                   # every configs/qwen2_5_*.py, 1 and 8 GPUs
     python -m nanosafe.memory --config configs/qwen2_5_vl_7b.py --gpus 4 --gpu-mem 48
     python -m nanosafe.memory --config configs/qwen2_5_0_5b.py init=out/qwen2_5_0_5b/sft/model
-    python -m nanosafe.memory --help
 
-The model's shape comes from its config.json: a local dir's own, or, for the hub ids the presets
-name, a copy of the published config.json's architecture fields kept below (HUB_CONFIGS; nothing
-is downloaded). The run settings (micro-batch, sequence lengths, generation batch, offload,
-rollout mode) come from the config itself (nanosafe.config, stage m3b unless told). All figures
-in GiB per GPU, for FSDP over N GPUs (N = 1 is one process with the same precision choices).
-
-  states      fp32 master weights (every parameter, sharded) + fp32 gradients and AdamW's two
-              moments (trainable parameters only: the vision tower is frozen): (4 P + 12 P_t) / N;
-              0 on the GPU under dist.cpu_offload, which moves them to host memory ("host" column,
-              per node).
-  gathered    bf16 copies FSDP gathers for compute: the root unit (embeddings, LM head, vision
-              tower, final norm) for the whole forward/backward, plus two decoder layers (the
-              running one and the prefetched one) and one layer's unsharded fp32 gradient.
-  activations gradient checkpointing keeps each layer's bf16 input, b * T * h * 2 bytes per layer,
-              plus one layer's recomputed activations, about b * T * (8 h + 4 i) * 2 bytes
-              (flash/SDPA attention: no T^2 term); b = optim.micro_batch_size,
-              T = data.max_prompt_len + rollout.max_new_tokens. The RL loss never builds [T, V]
-              logits (kernels.logprob).
-  train       states + gathered + activations.
-  gen weights dist.rollout_unshard: the whole policy in bf16 on every GPU (2 P); otherwise the
-              root unit and two layers, gathered as the layers run.
-  KV cache    rollout.gen_batch_size rows * T tokens * layers * 2 (K, V) * kv_heads * head_dim * 2 B.
-  rollout     states without gradients (freed after each step) + gen weights + KV cache.
-  fits        max(train, rollout) + 5 GiB (CUDA context, allocator slack) <= --gpu-mem (80 GiB).
-
-Not counted beyond that margin: the vision tower's activations (small next to the language
-model's at these image sizes) and the collectives' temporary buffers. It is an estimate to choose
-presets by, not a measurement.
-"""
+The model's shape comes from its config.json (a local dir's, or for the presets' hub ids the copy
+in HUB_CONFIGS; nothing is downloaded), the run settings from the config (stage m3b unless told).
+GiB per GPU under FSDP over N GPUs; what each column counts: docs/scaling.md, "Memory per GPU".
+An estimate to choose presets by, not a measurement."""
 from __future__ import annotations
 
 import argparse
@@ -75,7 +49,6 @@ HUB_CONFIGS = {
                                      "intermediate_size": 29568, "vocab_size": 152064, "tie_word_embeddings": False,
                                      "vision_config": {**_TOWER, "intermediate_size": 3456, "out_hidden_size": 8192}},
 }
-
 
 @dataclass
 class Shape:
@@ -125,7 +98,6 @@ class Shape:
     def total(self) -> int:
         return self.root_params() + self.layers * self.layer_params()
 
-
 def model_config(model: str) -> dict:
     """config.json of a local model dir, or the kept copy for a hub id the presets name."""
     path = os.path.join(model, "config.json")
@@ -139,13 +111,11 @@ def model_config(model: str) -> dict:
     raise KeyError(f"model {model!r}: not a local dir with a config.json, and not one of the hub ids "
                    f"known without a download ({', '.join(HUB_CONFIGS)}); download it and pass the dir")
 
-
 def shape_of(cfg: config.Config) -> Shape:
     model = cfg.init or cfg.model.init
     if not model:
         raise ValueError(f"{cfg.config_name}: model.init is empty (the tiny model); give init=<model dir or hub id>")
     return Shape.from_config(model_config(model), os.path.join(model, "config.json"))
-
 
 def estimate(cfg: config.Config, n_gpus: int, gpu_mem: float = 80.0) -> dict:
     s = shape_of(cfg)
@@ -169,11 +139,9 @@ def estimate(cfg: config.Config, n_gpus: int, gpu_mem: float = 80.0) -> dict:
     row["fits"] = "yes" if max(row["train"], row["rollout"]) + 5 <= gpu_mem else "no"
     return row
 
-
 COLUMNS = {"preset": "s", "params_B": ".2f", "gpus": "d", "states": ".1f", "gathered": ".1f",
            "activations": ".1f", "train": ".1f", "gen_weights": ".1f", "kv_cache": ".1f", "rollout": ".1f",
            "fits": "s", "host": ".0f"}  # name: format
-
 
 def table(presets: list[str], gpus=(1, 8), gpu_mem: float = 80.0, overrides: list[str] = (),
           stage: str = "m3b") -> str:
@@ -189,7 +157,6 @@ def table(presets: list[str], gpus=(1, 8), gpu_mem: float = 80.0, overrides: lis
 
     rule = "|" + "|".join("-" * (w + 1) + ":" for w in widths) + "|"
     return "\n".join([line(COLUMNS), rule, *map(line, cells)])
-
 
 def main(argv: list[str] | None = None) -> str:
     ap = argparse.ArgumentParser(prog="python -m nanosafe.memory", description=(
@@ -213,7 +180,6 @@ def main(argv: list[str] | None = None) -> str:
     out = table(paths, args.gpus, args.gpu_mem, overrides, args.stage)
     print(out)
     return out
-
 
 if __name__ == "__main__":
     main()

@@ -1,22 +1,9 @@
-"""The trainers' guard against NaN and inf: a non-finite value skips the update, it never lands
-in the weights (nor, through them, in a checkpoint).
+"""The trainers' guard against NaN and inf: a non-finite value skips the update (on every rank), it
+never lands in the weights; more than `limit` skipped steps stop the run (docs/failures.md).
 
     guard = nonfinite.Guard(cfg.optim.max_nonfinite, logger.print)
     guard.check(step, reward=rewards, adv=adv)           # RL: before the update; marks the step
-    guard.update(opt, step, loss=loss, grad_norm=norm)   # instead of opt.step()
-
-`update` takes the optimiser step only when every value it is given is finite and the step was
-not marked by `check`; otherwise it drops the gradients (zero_grad) so nothing of them reaches
-the weights. The scheduler still steps, so the learning rate stays a function of the step, as a
-resumed run expects. Each bad step is reported with the names of its non-finite values; a run
-stops with FloatingPointError naming the step once more than `limit` steps were skipped (the
-count covers this process: a resumed run starts again from 0). The decision is all-reduced, so
-every rank skips the same updates (a NaN reward on one rank would otherwise make the others
-wait in a collective that never comes).
-
-A NaN or inf reward would turn its whole group's advantages into NaN (the group mean and std
-see it); the guard names `reward` rather than letting that pass as a NaN loss.
-"""
+    guard.update(opt, step, loss=loss, grad_norm=norm)   # instead of opt.step()"""
 from __future__ import annotations
 
 import math
@@ -25,12 +12,10 @@ import torch
 
 from nanosafe import dist
 
-
 def finite(v) -> bool:
     if torch.is_tensor(v):
         return bool(torch.isfinite(v).all())
     return math.isfinite(float(v))
-
 
 class Guard:
     def __init__(self, limit: int, say=print):

@@ -6,7 +6,6 @@ import math
 
 import torch
 
-
 def make(model: torch.nn.Module, ocfg, total_steps: int):
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": ocfg.weight_decay},

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 
-
 def ai45_plot(points: list[dict], path: str, title: str = "AI-45°: safety vs capability"):
     """Write the PNG to `path`; returns the matplotlib Axes (its first line is the ladder path)."""
     try:

@@ -67,22 +67,18 @@ import math
 
 import torch
 
-
 def _stat_dtype(x):
     return torch.float64 if x.dtype == torch.float64 else torch.float32
-
 
 def _groups(x, group_size, dtype):
     if x.numel() % group_size:
         raise ValueError(f"{x.numel()} rewards do not split into groups of {group_size}")
     return x.reshape(-1, group_size).to(dtype)  # [n_groups, G]
 
-
 def zero_variance_groups(rewards, group_size):
     """Number of groups whose rewards are all equal (they carry no group-advantage signal)."""
     r = _groups(rewards, group_size, _stat_dtype(rewards))  # [n, G]
     return int((r.amax(1) == r.amin(1)).sum())
-
 
 def group_advantages(rewards, group_size, norm="std", eps=1e-6, lengths=None, cale_beta=0.0,
                      cale_tau=None):
@@ -119,7 +115,6 @@ def group_advantages(rewards, group_size, norm="std", eps=1e-6, lengths=None, ca
     a_len = torch.where(good & spread & (n_good >= 2), a_len, torch.zeros_like(a_len))
     return (adv + cale_beta * a_len).reshape(-1)
 
-
 def kl_k3(logp, ref_logp, clamp=None):
     """k3 estimate of KL(pi_logp || pi_ref) per token, from samples of pi_logp; always >= 0.
 
@@ -130,7 +125,6 @@ def kl_k3(logp, ref_logp, clamp=None):
     k3 = torch.exp(d) - d - 1
     return k3 if clamp is None else k3.clamp(max=clamp)
 
-
 def step_counts(masks):
     """(n_tokens, n_seqs) over a list of [B, T] masks: the global counts for policy_loss.
 
@@ -139,7 +133,6 @@ def step_counts(masks):
     n_tokens = sum(int(m.sum()) for m in masks)
     n_seqs = sum(int((m.sum(-1) > 0).sum()) for m in masks)
     return n_tokens, n_seqs
-
 
 def policy_loss(logp, old_logp, adv, mask, algo="cpgd", clip_lo=0.2, clip_hi=0.2, drift_coef=1e-3,
                 ref_logp=None, kl_coef=0.0, agg="seq-mean-token-mean", n_tokens=None, n_seqs=None,
@@ -209,12 +202,10 @@ def policy_loss(logp, old_logp, adv, mask, algo="cpgd", clip_lo=0.2, clip_hi=0.2
             metrics["kl_ref"] = (kl_ref * m).sum() / n_local
     return loss, metrics
 
-
 def search_reward(correct, false_certain, format_reward, lam):
     """Deliberative-search reward (DESIGN §4, rung 4): R = 1{correct} - lam * 1{wrong and
     conf >= c*} + format. Only confident errors are punished, so "I am not sure" stays cheap."""
     return float(correct) - lam * float(false_certain) + format_reward
-
 
 def lagrange_update(lam, fcr, target, lr):
     """Dual ascent on the false-certain constraint FCR <= target (DESIGN §4):

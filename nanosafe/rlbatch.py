@@ -28,7 +28,6 @@ import torch
 from kernels.logprob import fused_logprob
 from nanosafe import data, rollout
 
-
 @dataclass(frozen=True)
 class Batch:
     """One micro-batch of responses, right padded: prompt + response per row."""
@@ -40,7 +39,6 @@ class Batch:
     adv: torch.Tensor  # [B] group advantage of each response
     old_logp: torch.Tensor | None = None  # [B, T_r] under the sampling policy, before any update
     ref_logp: torch.Tensor | None = None  # [B, T_r] under the frozen reference (rl.kl_coef > 0)
-
 
 def pack(items: list[rollout.Rollout], adv: torch.Tensor, pad_id: int, device=None) -> Batch:
     """Rollouts (and their advantages [B]) -> one Batch on `device`."""
@@ -59,7 +57,6 @@ def pack(items: list[rollout.Rollout], adv: torch.Tensor, pad_id: int, device=No
               for k, v in collated.items() if k in data.MODEL_INPUTS}
     return Batch(inputs, targets.to(device), mask.to(device), torch.tensor(rows, dtype=torch.long, device=device),
                  torch.tensor(cols, dtype=torch.long, device=device), adv.to(device))
-
 
 def response_logprobs(bundle, batch: Batch, temperature: float, impl: str, entropy: bool = False):
     """Per-token log p (and entropy, detached) of the response tokens -> [B, T_r] each, 0 off the
@@ -83,13 +80,11 @@ def response_logprobs(bundle, batch: Batch, temperature: float, impl: str, entro
         ent = torch.zeros_like(full).masked_scatter(on_response, ent.detach())
     return full, ent
 
-
 def split(n: int, mini_batches: int, micro: int) -> list[list[list[int]]]:
     """Response indices 0..n-1 -> [mini-batch][micro-batch] -> indices, in order."""
     per_mini = math.ceil(n / mini_batches)
     minis = [list(range(k, min(k + per_mini, n))) for k in range(0, n, per_mini)]
     return [[m[i:i + micro] for i in range(0, len(m), micro)] for m in minis]
-
 
 @torch.no_grad()
 def prepare(outs: list[rollout.Rollout], adv: torch.Tensor, mini_batches: int, micro: int, pad_id: int,

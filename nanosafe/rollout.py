@@ -26,7 +26,6 @@ from nanosafe import data, dist
 TAG = re.compile(r"<[^<>]*>")
 VISION_SPECIALS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
 
-
 @dataclass
 class Rollout:
     sample: dict
@@ -41,7 +40,6 @@ class Rollout:
     @property
     def truncated(self) -> bool:
         return not self.ended
-
 
 @dataclass(frozen=True)
 class _Special:
@@ -59,12 +57,10 @@ class _Special:
                    ["</search>"] if tool is not None and close is None else None,
                    frozenset(i for i in (_token_id(tok, t) for t in VISION_SPECIALS) if i is not None))
 
-
 def _token_id(tokenizer, text: str) -> int | None:
     """Id of `text` if it is a single token of this tokenizer, else None."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     return ids[0] if len(ids) == 1 else None
-
 
 @torch.no_grad()
 def generate(bundle, samples: list[dict], dcfg, rcfg, n: int = 1, greedy: bool = False,
@@ -104,10 +100,8 @@ def generate(bundle, samples: list[dict], dcfg, rcfg, n: int = 1, greedy: bool =
     model.train(was_training)
     return outs
 
-
 def _ends_with_search(tok, r: Rollout) -> bool:
     return tok.decode(r.ids[-4:], skip_special_tokens=False).endswith("</search>")
-
 
 def _extend(model, tok, batch: list[Rollout], rcfg, greedy, special: _Special, lockstep=False):
     """One generate call that continues every rollout in `batch` from its current response;

@@ -1,31 +1,10 @@
 """A run's directory: one run at a time, the settings it was started with, and nothing written
-before the run can start.
+before the run can start (docs/failures.md, "The run directory").
 
     run = runs.start(cfg)   # init dir checked, resume compatibility checked, out_dir locked
     ...                     # world, data, tokenizer, model: everything that can reject input
     run.commit()            # out_dir/config.json written (atomically); io.overwrite clears first
-    ...                     # training
-    run.close()             # lock released (also at exit)
-
-Why in this order: a run that fails on bad data must leave the out_dir as it found it, because
-the next rung inherits the world and system prompt from `config.json` (config.inherited); so the
-config is written only once everything has been read and checked.
-
-Resume. An out_dir holds a run when it has a checkpoint or an exported model. Its saved
-`config.json` is compared with the new settings; a difference in anything that changes what is
-trained (model, data, world, optimiser and schedule, rollout, RL, verifiers, stage, seed, init)
-is an error that lists the differences, since the checkpoint's optimiser and schedule state
-would silently win over the new values. Settings of the run's bookkeeping (`io.*`: logging,
-eval and save cadence, progress bar; `optim.max_nonfinite`; where the world cache lives; the
-config file's name) may change. To start afresh: a new `out_dir`, or `io.overwrite=true`, which
-removes the old run's checkpoint, metrics, samples and model (those names only) at commit.
-
-Lock. `out_dir/run.lock` holds the owner's pid and host, created with O_EXCL, so a second run
-in the same out_dir stops with a message naming the owner. A lock whose pid is no longer running
-on this host (a killed run) is taken over with a message; a lock from another host is never
-taken over (its pid means nothing here): delete it by hand if that run is gone. The lock of an
-earlier run in this same process (a test calling main() again) is reused.
-"""
+    run.close()             # lock released (also at exit)"""
 from __future__ import annotations
 
 import atexit
@@ -43,10 +22,8 @@ HARMLESS = ("io.", "optim.max_nonfinite", "world.dir", "config_name")
 RUN_FILES = ("ckpt", "model", "metrics.jsonl", "samples.jsonl")  # what io.overwrite removes
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model", "spiece.model")
 
-
 class RunError(RuntimeError):
     pass
-
 
 def check_init(cfg) -> None:
     """An `init=` dir must be a saved model: a config and a tokenizer (else the tokenizer loads
@@ -66,10 +43,8 @@ def check_init(cfg) -> None:
         raise RunError(f"{key}={init}: not a saved model, it has no {' and no '.join(missing)}; point it "
                        f"at a model/ dir written by train_sft.py / train_grpo.py or save_pretrained")
 
-
 def has_run(out_dir: str) -> bool:
     return checkpoint.exists(os.path.join(out_dir, "ckpt")) or os.path.isdir(os.path.join(out_dir, "model"))
-
 
 def _flat(d: dict, prefix: str = "") -> dict:
     out = {}
@@ -79,7 +54,6 @@ def _flat(d: dict, prefix: str = "") -> dict:
         else:
             out[prefix + k] = v
     return out
-
 
 def differences(saved: dict, new: dict) -> list[tuple[str, object, object]]:
     """(key, saved value, new value) for every setting that changes the run and differs."""
@@ -93,7 +67,6 @@ def differences(saved: dict, new: dict) -> list[tuple[str, object, object]]:
         if va != vb:
             out.append((key, "<absent>" if va is missing else va, "<absent>" if vb is missing else vb))
     return out
-
 
 def check_resume(cfg) -> None:
     """A run in out_dir may be resumed only with the settings it was started with."""
@@ -119,14 +92,12 @@ def check_resume(cfg) -> None:
                        f"keep its old optimiser, schedule and data state under the new values:\n{lines}\n"
                        f"{fresh}")
 
-
 def _owner(path: str) -> dict:
     try:
         with open(path) as f:
             return json.load(f)
     except (OSError, json.JSONDecodeError):
         return {}  # a lock cut short between create and write: its owner died there
-
 
 def _alive(pid) -> bool:
     if not isinstance(pid, int) or pid <= 0:
@@ -142,7 +113,6 @@ def _alive(pid) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return True
-
 
 def acquire(out_dir: str) -> str:
     """Create out_dir/run.lock for this process, or raise RunError if a live run holds it."""
@@ -171,11 +141,9 @@ def acquire(out_dir: str) -> str:
             json.dump(me, f)
         return path
 
-
 def release(path: str) -> None:
     if _owner(path) == {"pid": os.getpid(), "host": socket.gethostname()}:
         os.remove(path)
-
 
 @dataclasses.dataclass
 class Run:
@@ -204,7 +172,6 @@ class Run:
             if self.created and os.path.isdir(out) and not os.listdir(out):
                 os.rmdir(out)
             self.lock = None
-
 
 def start(cfg) -> Run:
     """Check what can be checked without reading the data, print the config, lock out_dir.

@@ -19,10 +19,8 @@ import numpy as np
 
 WORD = re.compile(r"[a-z0-9]+")
 
-
 def words(text: str) -> list[str]:
     return WORD.findall(text.lower())
-
 
 class SearchTool:
     def __init__(self, passages: list[str], k: int = 1, k1: float = 1.5, b: float = 0.75):
