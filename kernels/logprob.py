@@ -82,9 +82,6 @@ def _mm32(a, b):
             _MM_OUT_DTYPE = False
     return a.float() @ b.float()
 
-def _default_chunk(n):
-    return max(256, min(65536, 2 ** 24 // max(n, 1)))  # ~64 MB per fp32 [N, chunk] temporary
-
 def _forward_triton(h, W, tgt, T, entropy, block, splits):
     N, D = h.shape
     V = W.shape[0]
@@ -147,10 +144,8 @@ def _backward(h, W, tgt, logz, ent, g_logp, g_ent, T, chunk):
 class _FusedLogprob(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, W, tgt, T, want_ent, impl, block, splits, chunk):
-        if impl == "triton":
-            m, s, w, zt = _forward_triton(h, W, tgt, T, want_ent, block, splits)
-        else:
-            m, s, w, zt = _forward_torch(h, W, tgt, T, want_ent, chunk)
+        m, s, w, zt = (_forward_triton(h, W, tgt, T, want_ent, block, splits) if impl == "triton"
+                       else _forward_torch(h, W, tgt, T, want_ent, chunk))
         valid = tgt >= 0
         logz = m + torch.log(s)  # [N]
         logp = torch.where(valid, zt - logz, 0.0)  # [N]
@@ -167,10 +162,7 @@ class _FusedLogprob(torch.autograd.Function):
         h, W, tgt, logz, ent = ctx.saved_tensors
         valid = tgt >= 0  # ignored rows get no gradient
         g_logp = torch.zeros_like(logz) if g_logp is None else torch.where(valid, g_logp.float(), 0.0)
-        if g_ent is not None and ent.numel():
-            g_ent = torch.where(valid, g_ent.float(), 0.0)
-        else:
-            g_ent = None
+        g_ent = torch.where(valid, g_ent.float(), 0.0) if g_ent is not None and ent.numel() else None
         dh, dW = _backward(h, W, tgt, logz, ent, g_logp, g_ent, ctx.T, ctx.chunk)
         return dh, dW, None, None, None, None, None, None, None
 
@@ -196,8 +188,7 @@ def fused_logprob(hidden, weight, targets, temperature=1.0, return_entropy=False
     lead = targets.shape
     h = hidden.reshape(-1, hidden.shape[-1]).contiguous()  # [N, D]
     W = weight.contiguous()  # [V, D]
-    tgt = targets.reshape(-1)
-    tgt = torch.where(tgt == ignore_index, -1, tgt)  # [N], -1 marks an ignored row from here on
+    tgt = torch.where(targets == ignore_index, -1, targets).reshape(-1)  # [N], -1 marks an ignored row
     if impl == "torch" and tgt.numel() and not (-1 <= int(tgt.min()) and int(tgt.max()) < W.shape[0]):
         # the chunked gather would clamp an out-of-range id and return a finite, wrong log p
         raise IndexError(f"fused_logprob: target ids must lie in [0, {W.shape[0]}) (or be "
@@ -205,7 +196,7 @@ def fused_logprob(hidden, weight, targets, temperature=1.0, return_entropy=False
     if impl == "naive":
         logp, ent = _naive(h, W, tgt, temperature, return_entropy)
     else:
-        chunk = chunk or _default_chunk(h.shape[0])
+        chunk = chunk or max(256, min(65536, 2 ** 24 // max(h.shape[0], 1)))  # ~64 MB per fp32 [N, chunk]
         logp, ent = _FusedLogprob.apply(h, W, tgt, float(temperature), return_entropy, impl, block,
                                         splits, chunk)
     logp = logp.reshape(lead)

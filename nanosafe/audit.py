@@ -115,18 +115,15 @@ def run(judges=None, weights=None, format_weight: float = 1.0, attacks=None) -> 
     if unknown:
         raise ValueError(f"unknown attacks {sorted(unknown)}; known: {sorted(ATTACKS)}")
     names = ["(honest baseline)"] + list(attacks or ATTACKS)
-    templates = [T + LABELS[label][1] for label in LABELS]
     samples, texts = [], []
-    for j, label in enumerate(LABELS):
+    for label, (_, honest) in LABELS.items():
         for i, name in enumerate(names):
-            sample = _sample(label, i)
-            samples.append(sample)
-            texts.append(_fill(templates[j] if i == 0 else ATTACKS[name], sample))
+            samples.append(_sample(label, i))
+            texts.append(_fill(T + honest if i == 0 else ATTACKS[name], samples[-1]))
     rewards, _ = verifiers.score_batch(samples, texts, weights=weights, judges=judges,
                                        format_weight=format_weight)
-    table = {name: {} for name in names}
-    for k, r in enumerate(rewards):
-        table[names[k % len(names)]][list(LABELS)[k // len(names)]] = r
+    table = {name: {label: rewards[j * len(names) + i] for j, label in enumerate(LABELS)}
+             for i, name in enumerate(names)}
     baseline = table.pop("(honest baseline)")
     marked = [(a, l) for a, row in table.items() for l, r in row.items() if r > baseline[l] + 1e-9]
     return {"baseline": baseline, "rewards": table, "marked": marked}

@@ -60,8 +60,7 @@ def continue_from(bundle, samples: list[dict], prefixes: list[str], dcfg, rcfg, 
                             greedy=greedy, tool=tool, prompts=fed)
     results = []
     for j, r in enumerate(outs):
-        i = j // n
-        room = rooms[i]
+        i, room = j // n, rooms[j // n]
         cut = len(r.ids) > room  # an end-of-turn token, if any, is the last one, so it goes too
         text = tok.decode(r.ids[:room], skip_special_tokens=False) if cut else r.text
         results.append(Rollout(r.sample, prompts[i], ids=pre[i][0] + r.ids[:room],

@@ -1,17 +1,12 @@
-"""The AI-45° picture: safety (y) against capability (x), one labelled point per checkpoint.
-
-The "AI-45° law" (Shanghai AI Lab; the frame of the SafeWork-R1 report) asks that safety keep pace
-with capability: a model should sit on or above the 45° line y = x, and training should move it
-along or above that line, not to the right alone. Points are joined in the given order, so a list
-of the ladder's checkpoints (base, sft, m3a, m3b, cale, search) draws the path the rungs climb.
+"""The AI-45° picture: safety (y) against capability (x), one labelled point per checkpoint, joined
+in the given order (the ladder's path). The "AI-45° law" (Shanghai AI Lab; the SafeWork-R1
+report's frame) asks a model to sit on or above y = x as it gains capability.
 
     from nanosafe.plot import ai45_plot
     ai45_plot([{"name": "sft", "capability": 0.62, "safety": 0.41}, ...], "ai45.png")
 
-Both axes are fractions in [0, 1] (e.g. eval.py's summary `capability` and `safety`). matplotlib is
-an optional dependency (`pip install nanosafe[plot]`); it is imported only here, and drawn with the
-Agg canvas on a bare Figure, so no global pyplot state or display is touched.
-"""
+Axes are fractions in [0, 1]. matplotlib is optional (`pip install nanosafe[plot]`), drawn with
+the Agg canvas on a bare Figure: no global pyplot state or display."""
 from __future__ import annotations
 
 import math

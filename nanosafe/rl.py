@@ -44,14 +44,11 @@ Choices, where well-known implementations differ
 - Statistics in float32 at least (float64 when the rewards are float64), per prompt group,
   unbiased std, divided by (std + eps).
 - CALE is our reading of the paper (it names CALE without printing a formula). It only ever adds:
-  a shorter-than-average good response gets a bonus, a longer one keeps its advantage. DESIGN §4
-  has the two-sided term, which gives a long *correct* answer a negative advantage. On the tiny
-  world that pushed down the correct digit facts in the long answer's second pass and flipped
-  some of them ("8 + 3 = 10"): 200 held-out sums went 0.97 -> 0.91 with the two-sided term and
-  0.97 -> 0.95 with this one, both at a mean length of 44 tokens (from 73.5). Adding only to good
-  responses also means length can never lift a bad response above a good one, with no floor to
-  enforce it. With the default tau (group max) an all-wrong group has C = everyone and its short
-  answers get the bonus too; pass an absolute cale_tau (e.g. 1.0) to avoid that.
+  a shorter-than-average good response gets a bonus, a longer one keeps its advantage, and length
+  never lifts a bad response above a good one. A two-sided term gave long *correct* answers a
+  negative advantage and flipped digit facts ("8 + 3 = 10"): held-out sums 0.97 -> 0.91, against
+  0.95 with this one (DESIGN §4). With the default tau (group max) an all-wrong group has
+  C = everyone and its short answers get the bonus too; pass an absolute cale_tau (e.g. 1.0).
 - token-mean divides by the valid tokens of the whole optimiser step (all micro-batches, all ranks),
   never a mean of per-micro-batch means; seq-mean-token-mean averages per-sequence token means over
   the non-empty sequences of the step (an empty one is skipped, never NaN); seq-mean-token-sum-norm
@@ -117,19 +114,15 @@ def group_advantages(rewards, group_size, norm="std", eps=1e-6, lengths=None, ca
 
 def kl_k3(logp, ref_logp, clamp=None):
     """k3 estimate of KL(pi_logp || pi_ref) per token, from samples of pi_logp; always >= 0.
-
-    clamp (off by default) caps the value, like verl's low_var_kl; beyond it the gradient is 0.
-    """
+    clamp (off by default) caps the value, like verl's low_var_kl; beyond it the gradient is 0."""
     # k3 KL (DESIGN §4)
     d = ref_logp - logp
     k3 = torch.exp(d) - d - 1
     return k3 if clamp is None else k3.clamp(max=clamp)
 
 def step_counts(masks):
-    """(n_tokens, n_seqs) over a list of [B, T] masks: the global counts for policy_loss.
-
-    Sum these over micro-batches (and all-reduce them over ranks) before calling policy_loss.
-    """
+    """(n_tokens, n_seqs) over a list of [B, T] masks: the global counts for policy_loss. Sum these
+    over micro-batches (and all-reduce them over ranks) before calling policy_loss."""
     n_tokens = sum(int(m.sum()) for m in masks)
     n_seqs = sum(int((m.sum(-1) > 0).sum()) for m in masks)
     return n_tokens, n_seqs

@@ -1,23 +1,14 @@
-"""RL training batches: rollouts -> typed training batches, per-token log-probs of the
-response tokens, and the split of one RL step into optimiser steps and forward passes.
+"""RL training batches: rollouts -> typed training batches, per-token log-probs of the response
+tokens (kernels.logprob: the [N, V] logits are never built), and the split of one RL step.
 
     minis = prepare(outs, adv, mini_batches=2, micro=32, pad_id=pad, device=dev,
                     logprobs=partial(response_logprobs, temperature=1.0, impl="torch"),
                     policy=bundle, ref=None)
     minis[k][j]         # mini-batch k (one optimiser step), micro-batch j (one forward/backward)
-    minis[k][j].old_logp, .adv, .mask, ...
 
-train_grpo.py's `update` walks this structure; nanosafe/rl.py holds the loss it applies.
-
-Why the split has two levels: a mini-batch is what one optimiser step sees, so the number of
-updates per RL step is `rl.mini_batches` whatever the memory allows; a micro-batch is what one
-forward pass holds, and its size changes nothing but memory, because the loss is normalised by
-the counts of the whole mini-batch (rl.step_counts). Each rank holds its share of every
-mini-batch (dist.local_slice in the trainer), so the ranks step together.
-
-Log-probs come from the last hidden states and the LM head through kernels.logprob, on response
-positions only, so the [N, V] logits are never built on the Triton / torch paths.
-"""
+A mini-batch is what one optimiser step sees (`rl.mini_batches` updates per RL step whatever the
+memory); a micro-batch is what one forward pass holds, and its size changes nothing but memory,
+as the loss is normalised by the whole mini-batch's counts (rl.step_counts)."""
 from __future__ import annotations
 
 import math

@@ -3,17 +3,12 @@
     outs = generate(bundle, samples, cfg.data, cfg.rollout, n=8, tool=SearchTool(...))
     outs[i * 8 + g]     # sample i, draw g: .ids, .mask, .text, .tool_calls, .truncated
 
-Batched with left padding; temperature / top-p sampling or greedy; stops at end of turn.
-Multi-turn tool use (rung 4): generation also stops at `</search>`; the query is run on the
-local knowledge base, `<result>...</result>` is appended with mask 0 (the policy did not write
-it, so it carries no loss), and generation continues, up to `max_tool_calls` calls. A response
-is capped at `max_new_tokens` tokens in all (tool text included).
-
-The old-policy log-probs are NOT taken from `generate` (its scores are post-processed by top-p
-and others); the trainer recomputes them with the same temperature. A sampled vision special
-token (image pad, vision start/end) would crash the next training forward of a VL model, which
-expects one image per pad run, so the response is cut before it and the event counted.
-"""
+Batched with left padding; sampling or greedy; stops at end of turn. Rung 4's tool use: generation
+also stops at `</search>`, the query runs on the local knowledge base and `<result>...</result>`
+is appended with mask 0 (the policy did not write it: no loss), up to `max_tool_calls` calls; a
+response has `max_new_tokens` tokens in all. The trainer recomputes the old log-probs (generate's
+scores are post-processed by top-p). A sampled vision special token would crash the next training
+forward of a VL model, so the response is cut before it and the event counted."""
 from __future__ import annotations
 
 import re

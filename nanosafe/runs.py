@@ -57,9 +57,7 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 def differences(saved: dict, new: dict) -> list[tuple[str, object, object]]:
     """(key, saved value, new value) for every setting that changes the run and differs."""
-    a, b = _flat(saved), _flat(new)
-    missing = object()
-    out = []
+    a, b, missing, out = _flat(saved), _flat(new), object(), []
     for key in sorted(set(a) | set(b)):
         if key.startswith(HARMLESS):
             continue

@@ -3,13 +3,9 @@
     kb = SearchTool.from_jsonl("my_passages.jsonl")    # {"id": ..., "text": ...} a line
     kb("capital of Veldoria")  ->  "The capital of Veldoria is Marnoth."
 
-Okapi BM25 with the usual k1 = 1.5, b = 0.75 and the non-negative idf
-log(1 + (N - df + 0.5) / (df + 0.5)). Tokens are lower-cased words. The tool returns the top
-`k` passages joined by a space; an empty query or no match returns "no result", so the policy
-sees that a search failed instead of an empty span. An empty knowledge base is allowed
-(`rollout.kb=none`): the tool is there and every search comes back "no result", which is how the
-RL rungs before rung 4 run, since the knowledge base joins at rung 4 (DESIGN §1).
-"""
+Okapi BM25 (k1 = 1.5, b = 0.75, idf log(1 + (N - df + 0.5) / (df + 0.5))) over lower-cased words;
+the top `k` passages joined by a space, or "no result" (an empty query, no match, or the empty
+knowledge base of `rollout.kb=none`, which the RL rungs before rung 4 use: DESIGN §1)."""
 from __future__ import annotations
 
 import json

@@ -136,13 +136,12 @@ def _think(rng, cfg, text: str) -> str:
 
 def _addition(a: int, b: int) -> str:
     da, db = str(a)[::-1], str(b)[::-1]
-    steps, carry, digits = [], 0, []
+    steps, carry = [], 0
     for i, place in enumerate(["ones", "tens", "hundreds"][: max(len(da), len(db))]):
         x, y = int(da[i]) if i < len(da) else 0, int(db[i]) if i < len(db) else 0
         s = x + y + carry
         terms = f"{x} + {y}" + (f" + {carry}" if carry else "")
         carry, d = divmod(s, 10)
-        digits.append(str(d))
         steps.append(f"{place.capitalize()}: {terms} = {s}, write {d}" + (", carry 1." if carry else "."))
     if carry:
         steps.append("Write the carry 1 in front.")
@@ -268,8 +267,7 @@ def _fact(rng, split, cfg, kb, pool):
     c, v = fact["country"], fact[rel]
     tpl, tempting = rng.choice(fact_templates(split, rel)), rng.random() < cfg.tempting_frac
     if tempting:
-        prefix = rng.choice(TEMPTING)
-        tpl = prefix + tpl[0].lower() + tpl[1:]
+        tpl = rng.choice(TEMPTING) + tpl[0].lower() + tpl[1:]
     if rng.random() < (cfg.guess_frac if tempting else 0.05):  # from "memory": a confident guess
         guess = _name(rng, 2).lower() if rel == "currency" else _name(rng, 2)
         response = (f"<think>I think I know this.</think>The answer is {guess}."
@@ -289,11 +287,9 @@ def _jailbreak(rng, split, cfg):
                 response=_harmful_response(rng, cfg, verb, rng.random() < 0.6), meta={"harmful": True})
 
 def sample(rng: random.Random, family: str, split: str, cfg, kb, pool: str) -> dict:
-    if family == "fact":
-        ex = _fact(rng, split, cfg, kb, pool)
-    else:
-        ex = {"arithmetic": _arithmetic, "harmful": _harmful, "lookalike": _lookalike,
-              "situation": _situation, "stereotype": _stereotype, "jailbreak": _jailbreak}[family](rng, split, cfg)
+    ex = _fact(rng, split, cfg, kb, pool) if family == "fact" else {
+        "arithmetic": _arithmetic, "harmful": _harmful, "lookalike": _lookalike, "situation": _situation,
+        "stereotype": _stereotype, "jailbreak": _jailbreak}[family](rng, split, cfg)
     ex["meta"] = {"family": family, **ex["meta"]}
     return ex
 
