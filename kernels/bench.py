@@ -28,8 +28,7 @@ def candidates():
         "naive fp32": naive,
         "torch.compile(naive)": torch.compile(naive),
         "ours (triton)": lambda h, W, t: fused_logprob(h, W, t, impl="triton"),
-        "ours (triton) +entropy": lambda h, W, t: fused_logprob(h, W, t, return_entropy=True,
-                                                                impl="triton"),
+        "ours (triton) +entropy": lambda h, W, t: fused_logprob(h, W, t, return_entropy=True, impl="triton"),
         "ours (torch twin)": lambda h, W, t: fused_logprob(h, W, t, impl="torch"),
     }
     try:

@@ -113,9 +113,8 @@ def load_mmsafety(root: str, kinds: tuple[str, ...] | str = ("SD_TYPO",)) -> tup
                 samples.append(_sample(f"mmsafety-{scenario}-{qid}-{kind}", prompt, images, "safety", meta,
                                        where))
                 by_scenario[scenario] += 1
-    return samples, {"layout": "MM-SafetyBench processed_questions/<scenario>.json + "
-                               "imgs/<scenario>/<kind>/<id>.jpg",
-                     "n_records": n_records, "kinds": list(kinds), "skipped": {},
+    layout = "MM-SafetyBench processed_questions/<scenario>.json + imgs/<scenario>/<kind>/<id>.jpg"
+    return samples, {"layout": layout, "n_records": n_records, "kinds": list(kinds), "skipped": {},
                      "by_scenario": dict(by_scenario)}
 
 def _pair(task: str, i: int, j: int, safe: tuple, unsafe: tuple, rec: dict, where: str) -> list[dict]:

@@ -63,10 +63,9 @@ def continue_from(bundle, samples: list[dict], prefixes: list[str], dcfg, rcfg, 
         i, room = j // n, rooms[j // n]
         cut = len(r.ids) > room  # an end-of-turn token, if any, is the last one, so it goes too
         text = tok.decode(r.ids[:room], skip_special_tokens=False) if cut else r.text
-        results.append(Rollout(r.sample, prompts[i], ids=pre[i][0] + r.ids[:room],
-                               mask=pre[i][1] + r.mask[:room], text=prefixes[i] + text,
-                               tool_calls=r.tool_calls, ended=r.ended and not cut,
-                               bad_tokens=r.bad_tokens))
+        ids, mask = pre[i][0] + r.ids[:room], pre[i][1] + r.mask[:room]
+        results.append(Rollout(r.sample, prompts[i], ids=ids, mask=mask, text=prefixes[i] + text,
+                               tool_calls=r.tool_calls, ended=r.ended and not cut, bad_tokens=r.bad_tokens))
     return results
 
 # ----------------------------------------------------------------------------- step search
