@@ -1,7 +1,7 @@
 """Reward-hacking audit: a fixed battery of degenerate and adversarial responses, scored by
 every label's recipe (verifiers.score_batch), against an honest baseline per label.
 
-    python -m nanosafe.audit [--judges VERIFIER=KIND:PATH ...] [--judge-prompt TEXT|FILE] [--device DEV]
+    python -m nanosafe.audit [--judges VERIFIER=KIND:PATH ...] [--device DEV]
                              [--weights VERIFIER=W ...] [--format-weight W] [--attacks NAME ...]
 
 RL amplifies any response a verifier over-rewards, so each label gets one representative prompt

@@ -15,12 +15,11 @@ names the newest complete directory; it is replaced atomically after every rank 
 writing, and only then are older directories removed, so a crash mid-save keeps the previous
 checkpoint. Resuming needs the same number of ranks (the RNG streams are per rank).
 
-`io.keep_last` = N keeps the N newest checkpoints: one process also keeps `state-<step>.pt`
-(a hard link to `state.pt` when written, so the newest costs no copy), under FSDP the `step-*`
-directories stay. Only older ones are removed, after the new one is complete, and never the
-current one; one from a later step than the current (left from before resuming an earlier
-one) is removed too. To go back, copy `state-<step>.pt` over `state.pt` (or name the directory in
-`latest`). The final policy is exported separately with `save_pretrained` (nanosafe.model.export).
+`io.keep_last` = N keeps the N newest checkpoints (one process: `state-<step>.pt` too, a hard link
+to `state.pt` when written; FSDP: the `step-*` directories), removed only once the new one is
+complete; one from a later step (left from before resuming an earlier one) goes too. To go back,
+copy `state-<step>.pt` over `state.pt` (or name the directory in `latest`). The final policy is
+exported separately with `save_pretrained` (nanosafe.model.export).
 """
 from __future__ import annotations
 

@@ -1,18 +1,6 @@
-"""Neural judges (DESIGN §5): Hugging Face models behind the rule verifiers' interface, plus a
-batched `.score_batch`, on whatever device their model lives (the policy's, in train_grpo.py).
-
-Three kinds, all parsing the response first (fail closed: an unparseable one scores 0 with
-parse_fail=1, the model never sees it), batched, under torch.no_grad:
-- a label classifier (AutoModelForSequenceClassification with the judge's labels): the expected
-  score under its label softmax;
-- a scalar reward model (a sequence classifier with ONE output): sigmoid((r - centre) / scale)
-  of its logit r, read on the (prompt, answer) conversation through its tokenizer's chat
-  template when it has one (how reward models are trained), else on "{prompt}\\n\\n{answer}";
-- a generative judge (any causal LM): the next-token logits of its label words after a prompt
-  template with {prompt} {reference} {answer} {labels} placeholders.
-`load_judges` builds them from the config's `verifiers.judges` spec; weights load from safetensors
-only, trust_remote_code off.
-"""
+"""Neural judges (DESIGN §5): a label classifier, a scalar reward model (a classifier with one
+output) or a generative judge behind the rule verifiers' interface plus a batched `.score_batch`,
+on their model's device, under no_grad, failing closed on an unparseable response."""
 import math
 import os
 import string
@@ -21,19 +9,17 @@ import torch
 
 from verifiers import SAFETY_SCORES, parse_response
 
-
-def check_template(template, allowed=("prompt", "reference", "answer")):
+def check_template(template, allowed=("prompt", "reference", "answer"), where="prompt template"):
     """A prompt template's placeholders must be known and include {answer}: ValueError otherwise."""
     try:
         fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
     except ValueError as e:
-        raise ValueError(f"prompt template is malformed ({e}); write a literal brace as {{{{ or }}}}") from None
+        raise ValueError(f"{where} is malformed ({e}); write a literal brace as {{{{ or }}}}") from None
     unknown = sorted(fields - set(allowed))
     if unknown or "answer" not in fields:
-        raise ValueError(f"prompt template {template[:80]!r} has " + (f"unknown placeholder(s) {unknown}" if unknown
+        raise ValueError(f"{where} {template[:80]!r} has " + (f"unknown placeholder(s) {unknown}" if unknown
                          else "no {answer}") + f"; use {' '.join('{' + a + '}' for a in allowed)}")
     return template
-
 
 class _NeuralVerifier:
     """Shared plumbing: parse (fail closed), build judge prompts, batch, no_grad, model device."""
@@ -67,7 +53,6 @@ class _NeuralVerifier:
 
     def __call__(self, sample, response):
         return self.score_batch([sample], [response])[0]
-
 
 class SequenceClassifierVerifier(_NeuralVerifier):
     """Any AutoModelForSequenceClassification. Labels: score = sum_label softmax(logits)[label] *
@@ -106,7 +91,6 @@ class SequenceClassifierVerifier(_NeuralVerifier):
             return torch.sigmoid((r - self.centre) / self.scale), [{"raw": x} for x in r.tolist()]
         probs = logits.softmax(-1)  # [B, num_labels]
         return probs @ self.score_vec.to(device), [{"label": self.labels[j]} for j in probs.argmax(-1).tolist()]
-
 
 class GenerativeJudgeVerifier(_NeuralVerifier):
     """Any causal LM read through the next-token logits of its label words after a judge prompt.
@@ -155,7 +139,6 @@ class GenerativeJudgeVerifier(_NeuralVerifier):
         probs = logits[:, ids].softmax(-1)  # [B, n_labels]
         return probs @ self.score_vec.to(device), [{"label": self.labels[j]} for j in probs.argmax(-1).tolist()]
 
-
 def load_verifier(kind, path, device=None, dtype=None, **kwargs):
     """Load a neural verifier from a local HF directory (safetensors weights): kind 'classifier'
     (labels or one output) or 'generative'."""
@@ -175,7 +158,6 @@ def load_verifier(kind, path, device=None, dtype=None, **kwargs):
         model.to(device)
     return wrapper(model, tokenizer, **kwargs)
 
-
 # What a neural judge standing in for each verifier predicts, and what each label scores.
 JUDGE_LABELS = {"safety": SAFETY_SCORES, "value": {"good": 1.0, "bad": 0.0},
                 "normal": {"helpful": 1.0, "unhelpful": 0.0}, "knowledge": {"TRUE": 1.0, "FALSE": 0.0},
@@ -184,15 +166,15 @@ JUDGE_LABELS = {"safety": SAFETY_SCORES, "value": {"good": 1.0, "bad": 0.0},
 JUDGE_PROMPT = ("Question: {prompt}\nReference: {reference}\nResponse: {answer}\n"
                 "Which label fits the response ({labels})? Label:")
 
-
 def load_judges(spec, device=None, prompt="", centre=0.0, scale=1.0):
     """Config `verifiers.judges` {verifier: "classifier:DIR" | "generative:DIR"} -> the `judges`
     of score_batch. A classifier's id2label must be JUDGE_LABELS[verifier], or it has one output
     (a reward model, squashed with `centre` and `scale`); a generative judge answers " label"
     after `prompt` (verifiers.judge_prompt: a template, or a file holding one; "" = JUDGE_PROMPT;
     the knowledge judge " TRUE"/" FALSE", read softly). Any error names the judge and its DIR."""
-    source = f"file {prompt}" if prompt and os.path.isfile(prompt) else "verifiers.judge_prompt"
-    if source.startswith("file"):
+    where = "verifiers.judge_prompt"
+    if prompt and os.path.isfile(prompt):
+        where += f" file {prompt}"
         with open(prompt) as f:
             prompt = f.read()
     judges = {}
@@ -206,10 +188,7 @@ def load_judges(spec, device=None, prompt="", centre=0.0, scale=1.0):
             if kind == "classifier":
                 judges[name] = load_verifier(kind, path, device, label_scores=scores, centre=centre, scale=scale)
                 continue
-            try:
-                template = check_template(prompt or JUDGE_PROMPT, ("prompt", "reference", "answer", "labels"))
-            except ValueError as e:
-                raise ValueError(f"{source}: {e}") from None
+            template = check_template(prompt or JUDGE_PROMPT, ("prompt", "reference", "answer", "labels"), where)
             judges[name] = load_verifier(kind, path, device, label_words={l: " " + l for l in scores},
                                          label_scores=scores, true_false=name == "knowledge",
                                          prompt_template=template.replace("{labels}", ", ".join(scores)))

@@ -3,9 +3,8 @@ progress bar; rank 0 only. On resume the logs are cut back to the checkpoint's s
 atomically); a torn last line from a kill mid-write is dropped with a warning.
 
 `io.report_to` also sends every numeric metric to TensorBoard (`out_dir/tb`; a resume purges the
-events after its step) or Weights & Biases (project $WANDB_PROJECT or "nanosafe", files under
-out_dir; WANDB_MODE=offline works without a network). Both are optional packages imported only
-when asked for; metrics.jsonl stays the record."""
+steps it replays) or Weights & Biases (project $WANDB_PROJECT or "nanosafe"; WANDB_MODE=offline
+without a network): optional packages, imported only then. metrics.jsonl stays the record."""
 from __future__ import annotations
 
 import json
@@ -84,14 +83,12 @@ class Logger:
 
 
 def _tracker(kind: str, out_dir: str, start: int, run_config: dict | None):
-    """(send(step, metrics), close) for TensorBoard or W&B, imported here: a missing package is
-    an ImportError saying what to install."""
-    if kind not in ("tensorboard", "wandb"):
-        raise ValueError(f"io.report_to={kind!r}: one of none, tensorboard, wandb")
+    """(send(step, metrics), close) for TensorBoard or W&B; a missing package is an ImportError
+    saying what to install."""
     try:
         if kind == "tensorboard":
             from torch.utils.tensorboard import SummaryWriter
-        else:
+        else:  # config.CHOICES allows nothing else
             import wandb
     except ImportError:
         raise ImportError(f"io.report_to={kind} needs the {kind} package: pip install {kind} (or pip "

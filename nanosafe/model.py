@@ -186,10 +186,8 @@ def freeze_vision(model: torch.nn.Module) -> int:
 
 
 def set_pixels(processor, dcfg) -> None:
-    """data.min_pixels / data.max_pixels (0 keeps the processor's own) as the Qwen2-VL image
-    processor's bounds: each image is scaled, aspect kept, to a pixel count between them (a
-    6000x6000 photo under Qwen's own bound of 12.8M pixels is ~16k image tokens). The export
-    writes them with the processor."""
+    """data.min_pixels / data.max_pixels (0 keeps the processor's own) as the Qwen2-VL processor's
+    bounds on an image's pixel count (a 6000x6000 photo under Qwen's own 12.8M is ~16k tokens)."""
     size = replace(processor.size, shortest_edge=dcfg.min_pixels or processor.size.shortest_edge,
                    longest_edge=dcfg.max_pixels or processor.size.longest_edge)
     if size.shortest_edge > size.longest_edge:

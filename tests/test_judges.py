@@ -304,11 +304,11 @@ def test_bad_prompt_templates_name_the_judge_and_the_source(causal_lm, tokenizer
     lm = _save(causal_lm, tokenizer, tmp_path / "lm")
     (tmp_path / "bad.txt").write_text("Q: {question}\nA: {answer}")
     spec = {"safety": f"generative:{lm}"}
-    for prompt, what in [("Q: {question}\nA: {answer}", r"verifiers.judge_prompt: .*unknown placeholder\(s\) "
+    for prompt, what in [("Q: {question}\nA: {answer}", r"verifiers.judge_prompt 'Q: .*' has unknown placeholder\(s\) "
                                                         r"\['question'\]; use \{prompt\} \{reference\}"),
-                         (str(tmp_path / "bad.txt"), rf"file {tmp_path}/bad.txt: .*unknown placeholder"),
+                         (str(tmp_path / "bad.txt"), rf"verifiers.judge_prompt file {tmp_path}/bad.txt 'Q: .*' has unknown"),
                          ("Q: {prompt}", r"has no \{answer\}"),
-                         ("Q: {prompt", "malformed"),
+                         ("Q: {prompt", "verifiers.judge_prompt is malformed"),
                          ("Q: {answer.__class__}", "unknown placeholder")]:
         with pytest.raises(ValueError, match=what) as e:
             J.load_judges(spec, prompt=prompt)
