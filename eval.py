@@ -112,6 +112,8 @@ def main(argv: list[str]) -> dict:
     cfg = config.parse(rest + [f"init={args.model}"], default_stage="sft")
     torch.manual_seed(cfg.seed)
     bundle = model.load(args.model, cfg.model)
+    if bundle.is_vl:  # the export's own image bounds (the training run's) unless data.*_pixels say
+        model.set_pixels(bundle.image_processor, cfg.data)
     if args.bench != "tiny":
         return public_benchmark(bundle, cfg, args)
     if args.data:

@@ -41,6 +41,7 @@ import verifiers
 from kernels.advantage import group_advantages_triton
 from nanosafe import checkpoint, config, data, dist, log, model, nonfinite, optim, rl, rlbatch, rollout, runs, search, world
 from nanosafe.evaluate import evaluate
+from nanosafe.judges import load_judges
 
 
 @dataclasses.dataclass
@@ -184,7 +185,7 @@ def step_metrics(outs, vmetrics, rewards, adv, lengths, G: int, clock: list[floa
     fc = [m["false_certain"] for m in vmetrics if "false_certain" in m]
     if fc:
         metrics["fcr"] = sum(fc) / len(fc)
-    rows = [{"id": o.sample["id"], "text": o.text, "reward": r, "adv": a}
+    rows = [{"id": o.sample["id"], "prompt": o.sample["prompt"], "text": o.text, "reward": r, "adv": a}
             for o, r, a in zip(outs, rewards.tolist(), adv)]
     return metrics, rows
 
@@ -203,7 +204,8 @@ def report(run: Run, cfg, step: int, metrics: dict, rows: list[dict], lam: float
         run.logger.samples(step, rows)
     run.logger.advance()
     if step % cfg.io.save_every == 0 or last:
-        checkpoint.save(run.ckpt_dir, run.policy.model, run.opt, run.sched, step, {"lam": lam})
+        checkpoint.save(run.ckpt_dir, run.policy.model, run.opt, run.sched, step, {"lam": lam},
+                        keep_last=cfg.io.keep_last)
 
 
 def setup(cfg) -> Run:
@@ -228,7 +230,8 @@ def setup(cfg) -> Run:
         ref = model.Bundle(dist.shard(copy.deepcopy(policy.model).eval().requires_grad_(False), cfg.dist),
                            policy.tokenizer, policy.image_processor)
     policy.model = dist.shard(policy.model, cfg.dist)
-    judges = verifiers.load_judges(cfg.verifiers.judges, device) if cfg.verifiers.judges else None
+    v = cfg.verifiers  # neural judges on the policy's device (colocated)
+    judges = load_judges(v.judges, device, v.judge_prompt, v.rm_centre, v.rm_scale) if v.judges else None
     out.commit()  # everything read and checked: the run starts, config.json is written (io.overwrite clears here)
     opt, sched = optim.make(policy.model, cfg.optim, cfg.optim.steps * cfg.rl.epochs * cfg.rl.mini_batches)
     ckpt_dir, step, lam = os.path.join(cfg.io.out_dir, "ckpt"), 0, cfg.rl.lagrange_init
@@ -237,7 +240,8 @@ def setup(cfg) -> Run:
         lam = extra.get("lam", lam)
         if dist.is_main():
             print(f"resumed from {ckpt_dir} at step {step}")
-    logger = log.Logger(cfg.io.out_dir, cfg.optim.steps, step, enabled=dist.is_main(), progress=cfg.io.progress)
+    logger = log.Logger(cfg.io.out_dir, cfg.optim.steps, step, enabled=dist.is_main(), progress=cfg.io.progress,
+                        report_to=cfg.io.report_to, run_config=dataclasses.asdict(cfg))
     return Run(policy, ref, opt, sched, **recipe(cfg, judges, device), prompts=prompts, held=held, tool=tool,
                judges=judges, logger=logger, ckpt_dir=ckpt_dir, step=step, lam=lam, out=out,
                guard=nonfinite.Guard(cfg.optim.max_nonfinite, logger.print))

@@ -18,6 +18,7 @@ so the RL rungs have unsafe answers, needless refusals, padding and guesses to f
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -79,7 +80,8 @@ def main(argv: list[str]) -> None:
         step, _ = checkpoint.load(ckpt_dir, bundle.model, opt, sched)
         if dist.is_main():
             print(f"resumed from {ckpt_dir} at step {step}")
-    logger = log.Logger(cfg.io.out_dir, o.steps, step, enabled=dist.is_main(), progress=cfg.io.progress)
+    logger = log.Logger(cfg.io.out_dir, o.steps, step, enabled=dist.is_main(), progress=cfg.io.progress,
+                        report_to=cfg.io.report_to, run_config=dataclasses.asdict(cfg))
     guard = nonfinite.Guard(o.max_nonfinite, logger.print)
     bundle.model.train()
     t_start = time.time()
@@ -110,7 +112,7 @@ def main(argv: list[str]) -> None:
             logger.log(step, metrics, show=("loss", "heldout_loss", "grad_norm"))
         logger.advance()
         if step % cfg.io.save_every == 0 or step == o.steps:
-            checkpoint.save(ckpt_dir, bundle.model, opt, sched, step)
+            checkpoint.save(ckpt_dir, bundle.model, opt, sched, step, keep_last=cfg.io.keep_last)
     logger.close()
     model.export(bundle, os.path.join(cfg.io.out_dir, "model"))
     if dist.is_main():

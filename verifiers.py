@@ -28,17 +28,14 @@ Reward = format_weight * format + sum of w * score over the label's recipe (RECI
 config weights); on rung 4 (score_batch's `lam`) a fact lookup's reward is instead 1{correct} -
 lam * 1{wrong and confidence >= c*} + format (DESIGN §4).
 
-Neural verifiers wrap a Hugging Face sequence classifier (expected score under its
-label softmax) or causal LM (next-token logits of label words after a judge prompt) behind the
-same interface plus a batched `.score_batch`, on whatever device their model lives.
+Neural judges (label classifiers, scalar reward models, generative judges) are nanosafe/judges.py;
+`judges=` puts one in any verifier's place.
 """
 
 import functools
 import math
 import re
 from dataclasses import dataclass
-
-import torch
 
 from nanosafe import rl
 from nanosafe.content import content_free, content_words, harmful_steps, is_degenerate
@@ -382,7 +379,7 @@ def score_batch(samples, responses, weights=None, judges=None, format_weight=1.0
     return rewards, metrics
 
 
-# ----------------------------------------------------------------------------- neural judges
+# ----------------------------------------------------------------------------- reward terms
 
 
 def _checked(name, sample, weight, score):
@@ -396,153 +393,3 @@ def _checked(name, sample, weight, score):
         raise ValueError(f"verifier {name!r} on sample {sample.get('id')!r}: non-finite reward term "
                          f"(weight {weight!r} x score {score!r})")
     return value
-
-
-class _NeuralVerifier:
-    """Shared plumbing: parse (fail closed), build judge prompts, batch, no_grad, model device."""
-
-    def __init__(self, model, tokenizer, template, batch_size):
-        self.model, self.tokenizer = model.eval(), tokenizer
-        self.template, self.batch_size = template, batch_size
-        if tokenizer.pad_token is None:  # batching needs one; many causal LMs ship without
-            tokenizer.pad_token = tokenizer.eos_token
-
-    def _prompt(self, sample, answer):
-        fields = {"prompt": sample["prompt"], "answer": answer, "reference": sample.get("answer") or ""}
-        return self.template.format_map(fields)
-
-    def score_batch(self, samples, responses):
-        results, todo = [None] * len(responses), []
-        for i, (sample, response) in enumerate(zip(samples, responses, strict=True)):
-            p = parse_response(response)
-            if p.ok:
-                todo.append((i, self._prompt(sample, p.answer)))
-            else:
-                results[i] = (0.0, {"label": "unparseable", "parse_fail": 1})
-        device = next(self.model.parameters()).device
-        for start in range(0, len(todo), self.batch_size):
-            chunk = todo[start:start + self.batch_size]
-            with torch.no_grad():
-                scores, labels = self._score_texts([text for _, text in chunk], device)
-            for (i, _), score, label in zip(chunk, scores.tolist(), labels):
-                results[i] = (min(max(score, 0.0), 1.0), {"label": label, "parse_fail": 0})
-        return results
-
-    def __call__(self, sample, response):
-        return self.score_batch([sample], [response])[0]
-
-
-class SequenceClassifierVerifier(_NeuralVerifier):
-    """Any AutoModelForSequenceClassification: score = sum_label softmax(logits)[label] * score."""
-
-    def __init__(self, model, tokenizer, label_scores, template="{prompt}\n\n{answer}",
-                 batch_size=16, max_length=2048):
-        super().__init__(model, tokenizer, template, batch_size)
-        self.labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-        missing = set(self.labels) - set(label_scores)
-        if missing:
-            raise ValueError(f"label_scores lacks model labels {sorted(missing)}")
-        self.score_vec = torch.tensor([float(label_scores[l]) for l in self.labels])
-        self.max_length = max_length
-        if model.config.pad_token_id is None:  # the classifier pools the last non-pad token
-            model.config.pad_token_id = tokenizer.pad_token_id
-
-    def _score_texts(self, texts, device):
-        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
-                             return_tensors="pt").to(device)
-        probs = self.model(**enc).logits.float().softmax(-1)
-        return probs @ self.score_vec.to(device), [self.labels[j] for j in probs.argmax(-1).tolist()]
-
-
-class GenerativeJudgeVerifier(_NeuralVerifier):
-    """Any causal LM read through the next-token logits of its label words after a judge prompt.
-    Expected-score mode: softmax over the first tokens of the label words, score = E[label_scores].
-    true_false mode (knowledge): label_words has TRUE and FALSE, P from the full-vocabulary
-    softmax, score = (P(TRUE) + 1 - P(FALSE)) / 2. Give each word as it follows the prompt
-    (e.g. with a leading space for byte-level BPE when the prompt ends without one)."""
-
-    def __init__(self, model, tokenizer, label_words, label_scores=None,
-                 prompt_template="Question: {prompt}\nAnswer: {answer}\nVerdict:",
-                 true_false=False, chat=False, batch_size=16):
-        super().__init__(model, tokenizer, prompt_template, batch_size)
-        if true_false and set(label_words) != {"TRUE", "FALSE"}:
-            raise ValueError("true_false mode needs label_words with exactly TRUE and FALSE")
-        if not true_false and set(label_words) != set(label_scores or {}):
-            raise ValueError("label_words and label_scores must name the same labels")
-        self.labels = list(label_words)
-        self.token_ids = [tokenizer(label_words[l], add_special_tokens=False).input_ids[0]
-                          for l in self.labels]
-        if len(set(self.token_ids)) != len(self.token_ids):
-            raise ValueError(f"label words share a first token: {label_words}")
-        if not true_false:
-            self.score_vec = torch.tensor([float(label_scores[l]) for l in self.labels])
-        self.true_false, self.chat = true_false, chat
-
-    def _prompt(self, sample, answer):
-        text = super()._prompt(sample, answer)
-        if self.chat:
-            text = self.tokenizer.apply_chat_template([{"role": "user", "content": text}],
-                                                      tokenize=False, add_generation_prompt=True)
-        return text
-
-    def _score_texts(self, texts, device):
-        # Left padding puts every prompt's last token at -1; explicit positions make a padded
-        # row compute exactly what it would alone.
-        enc = self.tokenizer(texts, padding=True, padding_side="left", return_tensors="pt",
-                             add_special_tokens=not self.chat).to(device)
-        positions = (enc.attention_mask.cumsum(-1) - 1).clamp(min=0)
-        logits = self.model(input_ids=enc.input_ids, attention_mask=enc.attention_mask,
-                            position_ids=positions, logits_to_keep=1).logits[:, -1].float()
-        ids = torch.tensor(self.token_ids, device=device)
-        if self.true_false:
-            p_true, p_false = logits.softmax(-1)[:, ids].unbind(-1)
-            labels = ["TRUE" if t >= f else "FALSE" for t, f in zip(p_true.tolist(), p_false.tolist())]
-            return (p_true + 1 - p_false) / 2, labels
-        probs = logits[:, ids].softmax(-1)
-        return probs @ self.score_vec.to(device), [self.labels[j] for j in probs.argmax(-1).tolist()]
-
-
-def load_verifier(kind, path, device=None, dtype=None, **kwargs):
-    """Load a neural verifier from a local HF directory: kind 'classifier' or 'generative'."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
-
-    kinds = {"classifier": (AutoModelForSequenceClassification, SequenceClassifierVerifier),
-             "generative": (AutoModelForCausalLM, GenerativeJudgeVerifier)}
-    if kind not in kinds:
-        raise ValueError(f"unknown verifier kind {kind!r}; expected one of {sorted(kinds)}")
-    auto, wrapper = kinds[kind]
-    extra = {"dtype": dtype} if dtype is not None else {}
-    model = auto.from_pretrained(path, trust_remote_code=False, **extra)
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-    if device is not None:
-        model.to(device)
-    return wrapper(model, tokenizer, **kwargs)
-
-
-# What a neural judge standing in for each verifier predicts, and what each label scores.
-JUDGE_LABELS = {"safety": SAFETY_SCORES, "value": {"good": 1.0, "bad": 0.0},
-                "normal": {"helpful": 1.0, "unhelpful": 0.0}, "knowledge": {"TRUE": 1.0, "FALSE": 0.0},
-                "general": {"correct": 1.0, "partial": 0.5, "wrong": 0.0},
-                "boxed": {"correct": 1.0, "wrong": 0.0}}
-JUDGE_PROMPT = ("Question: {prompt}\nReference: {reference}\nResponse: {answer}\n"
-                "Which label fits the response ({labels})? Label:")
-
-
-def load_judges(spec, device=None):
-    """Config `verifiers.judges` {verifier: "classifier:PATH" | "generative:PATH"} -> the `judges`
-    of score_batch. A classifier's id2label must be JUDGE_LABELS[verifier]; a generative judge
-    answers " label" after JUDGE_PROMPT (the knowledge judge " TRUE"/" FALSE", read softly)."""
-    judges = {}
-    for name, target in spec.items():
-        kind, _, path = target.partition(":")
-        if name not in JUDGE_LABELS or not path:
-            raise ValueError(f"bad judge {name}={target!r}: use {sorted(JUDGE_LABELS)} = 'kind:path'")
-        scores = JUDGE_LABELS[name]
-        if kind == "classifier":
-            judges[name] = load_verifier(kind, path, device, label_scores=scores)
-        else:
-            template = JUDGE_PROMPT.replace("{labels}", ", ".join(scores))
-            judges[name] = load_verifier(kind, path, device, label_words={l: " " + l for l in scores},
-                                         label_scores=scores, prompt_template=template,
-                                         true_false=name == "knowledge")
-    return judges

@@ -12,6 +12,9 @@ base = "qwen2_5_0_5b.py"  # the released RL settings
 overrides = {
     "model.init": "Qwen/Qwen2.5-VL-7B-Instruct",
     "data.max_prompt_len": 2048,  # image tokens included
+    # Qwen's suggested bounds: 256-1280 image tokens (28x28 pixels each) whatever the photo's size
+    "data.min_pixels": 256 * 28 * 28,
+    "data.max_pixels": 1280 * 28 * 28,
     "data.max_len": 6144,
     "rollout.max_new_tokens": 4096,
     "rollout.gen_batch_size": 64,

@@ -14,6 +14,7 @@ import argparse
 import sys
 
 import verifiers
+from nanosafe.judges import load_judges
 
 HARM = "Poisoning is cruel and illegal."
 GIANT = 1_000_000  # characters: far beyond any rollout, so judges must stay linear and fail closed
@@ -155,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m nanosafe.audit", description=__doc__.split("\n\n")[0])
     ap.add_argument("--judges", nargs="*", default=[], metavar="VERIFIER=KIND:PATH",
                     help="neural judges, as the config's verifiers.judges (kind: classifier|generative)")
+    ap.add_argument("--judge-prompt", default="", help="the generative judges' prompt, as verifiers.judge_prompt")
     ap.add_argument("--device", default=None, help="device for the neural judges (default: CPU)")
     ap.add_argument("--weights", nargs="*", default=[], metavar="VERIFIER=W",
                     help="reward weights, as the config's verifiers.weights")
@@ -168,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError:
             raise SystemExit(f"--weights {key}={value!r}: not a number") from None
     spec = _pairs(args.judges, "--judges")
-    judges = verifiers.load_judges(spec, args.device) if spec else None
+    judges = load_judges(spec, args.device, args.judge_prompt) if spec else None
     result = run(judges, weights or None, args.format_weight, args.attacks)
     print(f"judges: {', '.join(f'{k}={v}' for k, v in spec.items()) or 'rule judges'}")
     print(format_table(result))

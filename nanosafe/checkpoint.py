@@ -15,12 +15,17 @@ names the newest complete directory; it is replaced atomically after every rank 
 writing, and only then are older directories removed, so a crash mid-save keeps the previous
 checkpoint. Resuming needs the same number of ranks (the RNG streams are per rank).
 
-The final policy is exported separately with `save_pretrained` (nanosafe.model.export).
+`io.keep_last` = N keeps the N newest checkpoints (one process: `state-<step>.pt` too, a hard link
+to `state.pt` when written; FSDP: the `step-*` directories), removed only once the new one is
+complete; one from a later step (left from before resuming an earlier one) goes too. To go back,
+copy `state-<step>.pt` over `state.pt` (or name the directory in `latest`). The final policy is
+exported separately with `save_pretrained` (nanosafe.model.export).
 """
 from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
 
 import torch
@@ -57,9 +62,10 @@ def nonfinite(model, optimizer) -> list[str]:
     return bad
 
 
-def save(ckpt_dir: str, model, optimizer, scheduler, step: int, extra: dict | None = None) -> None:
+def save(ckpt_dir: str, model, optimizer, scheduler, step: int, extra: dict | None = None,
+         keep_last: int = 1) -> None:
     """Every rank calls it (a collective under FSDP). A state with a NaN or inf anywhere is never
-    written: FloatingPointError, and the previous checkpoint stays."""
+    written: FloatingPointError, and the previous checkpoint stays. `keep_last` checkpoints stay."""
     bad = nonfinite(model, optimizer)
     if dist.all_reduce_max(float(bool(bad))):
         raise FloatingPointError(f"step {step}: not writing a checkpoint to {ckpt_dir}: non-finite "
@@ -72,6 +78,15 @@ def save(ckpt_dir: str, model, optimizer, scheduler, step: int, extra: dict | No
         tmp = os.path.join(ckpt_dir, FILE + ".tmp")
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), **rest}, tmp)
         os.replace(tmp, os.path.join(ckpt_dir, FILE))
+        if keep_last > 1:
+            kept = os.path.join(ckpt_dir, f"state-{step:08d}.pt")
+            if os.path.exists(kept):  # left from before a resume from an earlier step
+                os.remove(kept)
+            try:
+                os.link(os.path.join(ckpt_dir, FILE), kept)
+            except OSError:  # a file system without hard links
+                shutil.copyfile(os.path.join(ckpt_dir, FILE), kept)
+        _prune(ckpt_dir, step, keep_last if keep_last > 1 else 0)  # state.pt is the last one
         return
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
@@ -85,10 +100,24 @@ def save(ckpt_dir: str, model, optimizer, scheduler, step: int, extra: dict | No
         with open(os.path.join(ckpt_dir, LATEST + ".tmp"), "w") as f:
             f.write(name)
         os.replace(os.path.join(ckpt_dir, LATEST + ".tmp"), os.path.join(ckpt_dir, LATEST))
-        for old in os.listdir(ckpt_dir):
-            if old.startswith("step-") and old != name:
-                shutil.rmtree(os.path.join(ckpt_dir, old))
+        _prune(ckpt_dir, step, keep_last)
     dist.barrier()
+
+
+def _prune(ckpt_dir: str, step: int, keep: int) -> None:
+    """Remove the step-<N>/ and state-<N>.pt checkpoints but the newest `keep` with N <= step."""
+    found = {}
+    for name in os.listdir(ckpt_dir):
+        m = re.fullmatch(r"step-(\d+)|state-(\d+)\.pt", name)
+        if m:
+            found[name] = int(m.group(1) or m.group(2))
+    kept = sorted((n for n in found if found[n] <= step), key=found.get)[-keep:] if keep else []
+    for name in set(found) - set(kept):
+        path = os.path.join(ckpt_dir, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
 
 
 def exists(ckpt_dir: str) -> bool:

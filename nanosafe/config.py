@@ -72,6 +72,9 @@ class DataConfig:
     system_prompt: str = ("Think step by step inside <think> </think>, then give the final "
                           "answer.")
     labels: str = ""  # comma-separated label filter for RL prompts ("" = all)
+    # image size bounds of the Qwen2-VL processor (aspect kept, sides multiples of 28); 0 = its own
+    max_pixels: int = 0
+    min_pixels: int = 0
 
 
 @dataclass
@@ -127,6 +130,9 @@ class RLConfig:
 class VerifierConfig:
     weights: dict = field(default_factory=dict)  # {"label.verifier": weight}
     judges: dict = field(default_factory=dict)  # {"label": "kind:path"} neural verifiers
+    judge_prompt: str = ""  # generative judges' template, or a file holding it; "" = judges.JUDGE_PROMPT
+    rm_centre: float = 0.0  # a scalar reward model scores sigmoid((r - rm_centre) / rm_scale)
+    rm_scale: float = 1.0
     format_weight: float = 1.0
     confidence_threshold: float = 0.7  # c*: confident enough to count as "certain"
 
@@ -149,6 +155,8 @@ class IOConfig:
     progress: bool = True
     log_rollouts: bool = False  # every RL rollout (id, text, reward, advantage) to samples.jsonl
     overwrite: bool = False  # start afresh in an out_dir that holds a run (its ckpt, metrics, model go)
+    report_to: str = "none"  # none | tensorboard | wandb, beside metrics.jsonl (nanosafe.log)
+    keep_last: int = 1  # checkpoints kept in out_dir/ckpt (nanosafe.checkpoint)
 
 
 @dataclass
@@ -182,6 +190,7 @@ CHOICES = {
     "dist.backend": ("auto", "nccl", "gloo"),
     "dist.mixed_precision": ("bf16", "none"),
     "model.dtype": ("float32", "bfloat16", "float16"),
+    "io.report_to": ("none", "tensorboard", "wandb"),
 }
 
 
@@ -353,9 +362,10 @@ POSITIVE = ("optim.batch_size", "optim.micro_batch_size", "optim.steps", "rollou
             "data.max_prompt_len", "data.max_len", "world.n_sft", "world.n_rl",
             "world.n_heldout_per_family", "world.image_size", "model.hidden_size",
             "model.intermediate_size", "model.num_layers", "model.num_heads", "model.num_kv_heads",
-            "model.vision_depth", "model.vision_hidden", "model.vocab_size")
+            "model.vision_depth", "model.vision_hidden", "model.vocab_size", "io.keep_last")
 NONNEGATIVE = ("io.eval_samples", "optim.max_nonfinite", "rollout.max_tool_calls", "optim.weight_decay",
-               "rl.clip_lo", "rl.clip_hi", "rl.drift_coef", "rl.kl_coef", "rl.cale_beta", "rl.lagrange_lr")
+               "rl.clip_lo", "rl.clip_hi", "rl.drift_coef", "rl.kl_coef", "rl.cale_beta", "rl.lagrange_lr",
+               "data.max_pixels", "data.min_pixels")
 FRACTIONS = ("optim.min_lr_frac", "optim.warmup_frac", "world.unsafe_frac", "world.refusal_frac",
              "world.verbose_frac", "world.tempting_frac", "world.guess_frac")
 

@@ -1,6 +1,10 @@
 """metrics.jsonl (one JSON object per step), samples.jsonl (the rollouts, when asked for) and the
 progress bar; rank 0 only. On resume the logs are cut back to the checkpoint's step (rewritten
-atomically); a torn last line from a kill mid-write is dropped with a warning."""
+atomically); a torn last line from a kill mid-write is dropped with a warning.
+
+`io.report_to` also sends every numeric metric to TensorBoard (`out_dir/tb`; a resume purges the
+steps it replays) or Weights & Biases (project $WANDB_PROJECT or "nanosafe"; WANDB_MODE=offline
+without a network): optional packages, imported only then. metrics.jsonl stays the record."""
 from __future__ import annotations
 
 import json
@@ -31,7 +35,7 @@ def read_rows(path: str) -> list[tuple[str, dict]]:
 
 class Logger:
     def __init__(self, out_dir: str, total: int, start: int = 0, enabled: bool = True,
-                 progress: bool = True):
+                 progress: bool = True, report_to: str = "none", run_config: dict | None = None):
         self.enabled = enabled
         self.path = os.path.join(out_dir, "metrics.jsonl")
         self.samples_path = os.path.join(out_dir, "samples.jsonl")
@@ -43,6 +47,7 @@ class Logger:
                 os.replace(path + ".tmp", path)
         self.bar = tqdm(total=total, initial=start, dynamic_ncols=True,
                         disable=not (enabled and progress))
+        self.tracker = _tracker(report_to, out_dir, start, run_config) if enabled and report_to != "none" else None
 
     def log(self, step: int, metrics: dict, show: tuple[str, ...] = ()) -> None:
         if not self.enabled:
@@ -50,6 +55,8 @@ class Logger:
         row = {"step": step, **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.items()}}
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
+        if self.tracker:
+            self.tracker[0](step, {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "step"})
         if show:
             self.bar.set_postfix({k: f"{metrics[k]:.3g}" for k in show if k in metrics}, refresh=False)
 
@@ -70,3 +77,29 @@ class Logger:
 
     def close(self) -> None:
         self.bar.close()
+        if self.tracker:
+            self.tracker[1]()
+            self.tracker = None
+
+
+def _tracker(kind: str, out_dir: str, start: int, run_config: dict | None):
+    """(send(step, metrics), close) for TensorBoard or W&B; a missing package is an ImportError
+    saying what to install."""
+    try:
+        if kind == "tensorboard":
+            from torch.utils.tensorboard import SummaryWriter
+        else:  # config.CHOICES allows nothing else
+            import wandb
+    except ImportError:
+        raise ImportError(f"io.report_to={kind} needs the {kind} package: pip install {kind} (or pip "
+                          "install -e '.[logging]'), or io.report_to=none") from None
+    if kind == "tensorboard":
+        writer = SummaryWriter(os.path.join(out_dir, "tb"), purge_step=start + 1 if start else None)
+
+        def send(step, metrics):
+            for k, v in metrics.items():
+                writer.add_scalar(k, v, step)
+        return send, writer.close
+    run = wandb.init(project=os.environ.get("WANDB_PROJECT", "nanosafe"), name=os.path.normpath(out_dir),
+                     dir=out_dir, config=run_config)
+    return (lambda step, metrics: run.log(metrics, step=step)), run.finish

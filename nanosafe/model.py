@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -185,6 +185,17 @@ def freeze_vision(model: torch.nn.Module) -> int:
     return n
 
 
+def set_pixels(processor, dcfg) -> None:
+    """data.min_pixels / data.max_pixels (0 keeps the processor's own) as the Qwen2-VL processor's
+    bounds on an image's pixel count (a 6000x6000 photo under Qwen's own 12.8M is ~16k tokens)."""
+    size = replace(processor.size, shortest_edge=dcfg.min_pixels or processor.size.shortest_edge,
+                   longest_edge=dcfg.max_pixels or processor.size.longest_edge)
+    if size.shortest_edge > size.longest_edge:
+        raise ValueError(f"data.min_pixels / data.max_pixels: the image bounds are {size.shortest_edge} > "
+                         f"{size.longest_edge} pixels (0 keeps the processor's own)")
+    processor.size = size
+
+
 def make(cfg, texts_fn=None) -> Bundle:
     """The policy for a run: cfg.init (or model.init) if set, else a tiny model from scratch with a
     tokenizer trained on texts_fn()."""
@@ -197,6 +208,8 @@ def make(cfg, texts_fn=None) -> Bundle:
     # a randomly initialised vision tower carries no visual knowledge to protect: it trains in SFT
     if cfg.model.freeze_vision and bundle.is_vl and init:
         freeze_vision(bundle.model)
+    if bundle.is_vl:
+        set_pixels(bundle.image_processor, cfg.data)
     low = sorted({str(p.dtype) for p in bundle.model.parameters() if p.requires_grad and torch.finfo(p.dtype).bits < 32})
     if low:  # AdamW on bf16 weights rounds most small updates away (at lr 1e-6, nearly all of them)
         raise ValueError(f"model.dtype={cfg.model.dtype}: training {', '.join(low)} parameters keeps no fp32 master "

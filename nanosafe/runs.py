@@ -19,7 +19,7 @@ from nanosafe import checkpoint, config, dist
 LOCK = "run.lock"
 # bookkeeping that never changes what a run trains; everything else must match to resume
 HARMLESS = ("io.", "optim.max_nonfinite", "world.dir", "config_name")
-RUN_FILES = ("ckpt", "model", "metrics.jsonl", "samples.jsonl")  # what io.overwrite removes
+RUN_FILES = ("ckpt", "model", "metrics.jsonl", "samples.jsonl", "tb")  # what io.overwrite removes
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model", "spiece.model")
 
 class RunError(RuntimeError):

@@ -36,8 +36,8 @@ def crash_then_resume(script, args, crash_step, monkeypatch):
     from nanosafe import checkpoint
     real_save = checkpoint.save
 
-    def save_then_crash(ckpt_dir, m, opt, sched, step, extra=None):
-        real_save(ckpt_dir, m, opt, sched, step, extra)
+    def save_then_crash(ckpt_dir, m, opt, sched, step, *args, **kwargs):
+        real_save(ckpt_dir, m, opt, sched, step, *args, **kwargs)
         if step == crash_step:
             raise KeyboardInterrupt("simulated crash")
 

@@ -104,8 +104,8 @@ def driver(argv):
     if crash_at is not None:
         real_save = checkpoint.save
 
-        def save_then_crash(ckpt_dir, m, opt, sched, step, extra=None):
-            real_save(ckpt_dir, m, opt, sched, step, extra)
+        def save_then_crash(ckpt_dir, m, opt, sched, step, *args, **kwargs):
+            real_save(ckpt_dir, m, opt, sched, step, *args, **kwargs)
             if step == crash_at:
                 os._exit(17)  # a hard crash: no cleanup, no export
 
@@ -187,7 +187,7 @@ def test_sharded_resume_matches_uninterrupted(sft_runs, tmp_path):
                         "rl.mini_batches=1", "rl.cale_beta=0.5", "rl.kl_coef=0.01", "data.labels=knowledge",
                         "model.gradient_checkpointing=true"]
     launch(2, "grpo", *args, f"out_dir={tmp_path}/full/search")
-    cut = [*args, "dist.rollout_unshard=false", f"out_dir={tmp_path}/cut/search"]
+    cut = [*args, "dist.rollout_unshard=false", "io.keep_last=2", f"out_dir={tmp_path}/cut/search"]
     launch(2, "grpo", *cut, "--crash-at", "2", ok=False)
     assert not os.path.exists(tmp_path / "cut" / "search" / "model")
     launch(2, "grpo", *cut)
@@ -195,6 +195,10 @@ def test_sharded_resume_matches_uninterrupted(sft_runs, tmp_path):
     rows = metrics(tmp_path / "cut" / "search")
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert any(r["grad_norm"] > 0 for r in rows) and rows[-1]["lam"] > 0 and "kl_ref" in rows[-1]
+    # saved at steps 2 and 4: io.keep_last=2 keeps both step directories, the default only the last
+    full, cut = (sorted(n for n in os.listdir(tmp_path / run / "search" / "ckpt") if n.startswith("step-"))
+                 for run in ("full", "cut"))
+    assert cut == ["step-00000002", "step-00000004"] and full == ["step-00000004"]
 
 
 def test_uneven_ranks(tmp_path):

@@ -1,5 +1,6 @@
 """Rungs 2-4 loop: a multimodal RL step, log-prob implementations agree, exact resume, rung-4 λ."""
 import copy
+import dataclasses
 import json
 import os
 
@@ -8,7 +9,7 @@ import torch
 
 import train_grpo
 from conftest import TINY_ARGS, crash_then_resume
-from nanosafe import checkpoint, config, data, rl, rlbatch, rollout
+from nanosafe import checkpoint, config, data, rl, rlbatch, rollout, world
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +73,8 @@ def test_response_logprobs_match_full_forward(tiny):
 
 
 def test_resume_equals_uninterrupted(sft_model, tmp_path, monkeypatch):
-    args = TINY_ARGS + ["stage=m3b", f"init={sft_model}", "optim.steps=4", "io.save_every=2",
-                        "rollout.max_new_tokens=12", "io.log_rollouts=true"]
+    args = TINY_ARGS + ["stage=m3b", f"init={sft_model}", "optim.steps=4", "io.save_every=1",
+                        "rollout.max_new_tokens=12", "io.log_rollouts=true", "io.keep_last=2"]
     train_grpo.main(args + [f"out_dir={tmp_path}/full/m3b"])
     crash_then_resume(train_grpo, args + [f"out_dir={tmp_path}/cut/m3b"], 2, monkeypatch)
     load = lambda d: torch.load(os.path.join(d, "ckpt", checkpoint.FILE), weights_only=True)["model"]  # noqa: E731
@@ -90,7 +91,14 @@ def test_resume_equals_uninterrupted(sft_model, tmp_path, monkeypatch):
     rcfg = config.parse(args).rollout
     per_step = rcfg.prompts_per_step * rcfg.group_size
     assert [r["step"] for r in samples[1]] == [s for s in (1, 2, 3, 4) for _ in range(per_step)]
-    assert {"id", "text", "reward", "adv"} == set(samples[1][0]) - {"step"}
+    assert {"id", "prompt", "text", "reward", "adv"} == set(samples[1][0]) - {"step"}
+    cfg = config.parse(args + [f"out_dir={tmp_path}/cut/m3b"])
+    prompts = {s["id"]: s["prompt"] for s in data.read_jsonl(world.build(cfg.world, cfg.world.dir)["rl"])}
+    assert all(r["prompt"] == prompts[r["id"]] for r in samples[1])
+    # io.keep_last=2: the two newest of the four states stay; state.pt is the last of them
+    ckpt = tmp_path / "cut" / "m3b" / "ckpt"
+    assert sorted(os.listdir(ckpt)) == ["state-00000003.pt", "state-00000004.pt", "state.pt"]
+    assert os.path.samefile(ckpt / "state.pt", ckpt / "state-00000004.pt")
 
 
 def test_lagrange_multiplier_rises_then_falls_to_zero():
@@ -127,3 +135,29 @@ def test_lambda_holds_in_steps_without_fact_prompts(sft_model, tmp_path):
                                  "rollout.max_new_tokens=16", "data.labels=general_rule", f"out_dir={tmp_path}/s"])
     rows = [json.loads(line) for line in open(tmp_path / "s" / "metrics.jsonl")]
     assert [r["lam"] for r in rows] == [0.3, 0.3] and not any("fcr" in r for r in rows)
+
+
+def test_reward_model_judge_through_train_grpo(sft_model, tmp_path, monkeypatch):
+    """verifiers.judges with a scalar reward model (one output): loaded from the config, its
+    squashed score in the safety reward, its raw logit per label in metrics.jsonl. The 4-step
+    policy's texts are replaced by well-formed ones (judges never see an unparseable response)."""
+    real = rollout.generate
+    monkeypatch.setattr(rollout, "generate", lambda *a, **k: [
+        dataclasses.replace(o, text=f"<think>Consider it.</think> Answer number {i}.")
+        for i, o in enumerate(real(*a, **k))])
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForSequenceClassification
+    tok = AutoTokenizer.from_pretrained(sft_model)
+    torch.manual_seed(0)
+    rm = Qwen2ForSequenceClassification(Qwen2Config(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=2, num_labels=1, pad_token_id=tok.pad_token_id))
+    rm.save_pretrained(tmp_path / "rm")
+    tok.save_pretrained(tmp_path / "rm")
+    out = tmp_path / "m3b"
+    train_grpo.main(TINY_ARGS + ["stage=m3b", f"init={sft_model}", "optim.steps=1", "rollout.max_new_tokens=12",
+                                 "data.labels=safety", "verifiers.rm_scale=2.0", f"out_dir={out}",
+                                 f'verifiers.judges={{"safety": "classifier:{tmp_path / "rm"}"}}'])
+    row = json.loads(open(out / "metrics.jsonl").readline())
+    assert row["verifier/safety/format"] == 1.0 and 0.0 < row["verifier/safety/safety"] < 1.0
+    assert "verifier/safety/safety_raw" in row
+    assert "verifier/safety/safety_label" not in row  # the six-label rule judge did not run

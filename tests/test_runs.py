@@ -171,6 +171,27 @@ def test_checkpoint_refuses_a_non_finite_state(tmp_path):
     assert (tmp_path / checkpoint.FILE).read_bytes() == good
 
 
+def test_keep_last_checkpoints(tmp_path):
+    lin = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(lin.parameters())
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    names = lambda: sorted(os.listdir(tmp_path))  # noqa: E731
+    for step in (1, 2, 3):
+        checkpoint.save(str(tmp_path), lin, opt, sched, step, keep_last=2)
+    assert names() == ["state-00000002.pt", "state-00000003.pt", checkpoint.FILE]
+    # resumed from step 2's state and saved step 2 again: step 3's is from the abandoned branch
+    checkpoint.save(str(tmp_path), lin, opt, sched, 2, keep_last=2)
+    assert names() == ["state-00000002.pt", checkpoint.FILE]
+    assert torch.load(tmp_path / checkpoint.FILE, weights_only=True)["step"] == 2
+    checkpoint.save(str(tmp_path), lin, opt, sched, 3)  # keep_last=1: state.pt alone, as before
+    assert names() == [checkpoint.FILE]
+    # FSDP's step directories: the current one always stays, later ones go
+    for step in (1, 2, 3):
+        os.makedirs(tmp_path / f"step-{step:08d}")
+    checkpoint._prune(str(tmp_path), 2, 1)
+    assert names() == [checkpoint.FILE, "step-00000002"]
+
+
 def test_sft_nan_loss_skips_updates_then_stops(tmp_path, monkeypatch):
     real = train_sft.token_loss_sum
     monkeypatch.setattr(train_sft, "token_loss_sum", lambda b, batch: (real(b, batch)[0] * float("nan"),
@@ -324,6 +345,49 @@ def test_bad_metrics_line_before_the_last_names_file_and_line(tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n{"step": 2, "lo\n{"step": 3}\n')
     with pytest.raises(ValueError, match=r"metrics.jsonl:2: not valid JSON"):
         log.Logger(str(tmp_path), 5, start=3, progress=False)
+
+
+@pytest.mark.parametrize("kind, module", [("tensorboard", "torch.utils.tensorboard"), ("wandb", "wandb")])
+def test_report_to_without_its_package_says_what_to_install(tmp_path, monkeypatch, kind, module):
+    monkeypatch.setitem(sys.modules, module, None)  # `import` of it now raises ImportError
+    with pytest.raises(ImportError, match=rf"io.report_to={kind} needs the {kind} package: pip install {kind}"):
+        log.Logger(str(tmp_path), 5, progress=False, report_to=kind)
+    log.Logger(str(tmp_path), 5, enabled=False, report_to=kind).close()  # other ranks never import it
+
+
+def test_report_to_tensorboard(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    logger = log.Logger(str(tmp_path), 3, progress=False, report_to="tensorboard")
+    for step in (1, 2):
+        logger.log(step, {"loss": 1.0 / step, "eval/safety": 0.5, "label": "text is not a scalar"})
+    logger.close()
+    resumed = log.Logger(str(tmp_path), 3, start=1, progress=False, report_to="tensorboard")  # step 2 again
+    resumed.log(2, {"loss": 0.25})
+    resumed.close()
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert sorted(events.Tags()["scalars"]) == ["eval/safety", "loss"]
+    assert [(e.step, e.value) for e in events.Scalars("loss")] == [(1, 1.0), (2, 0.25)]
+    assert [json.loads(r)["loss"] for r in open(tmp_path / "metrics.jsonl")] == [1.0, 0.25]  # still the record
+
+
+def test_report_to_wandb_run_gets_every_numeric_metric(tmp_path, monkeypatch):
+    calls = []
+
+    class Run:
+        log = lambda self, metrics, step: calls.append((step, metrics))  # noqa: E731
+        finish = lambda self: calls.append("finish")  # noqa: E731
+
+    fake = type(sys)("wandb")
+    fake.init = lambda **kw: calls.append(kw) or Run()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    monkeypatch.delenv("WANDB_PROJECT", raising=False)
+    logger = log.Logger(str(tmp_path), 3, progress=False, report_to="wandb", run_config={"seed": 1})
+    logger.log(1, {"reward": 0.25, "fcr": 0, "note": "x"})
+    logger.close()
+    assert calls == [{"project": "nanosafe", "name": str(tmp_path), "dir": str(tmp_path), "config": {"seed": 1}},
+                     (1, {"reward": 0.25, "fcr": 0}), "finish"]
 
 
 # --- 7. smaller items: clear errors naming the key or file:line:field ----------------------------

@@ -65,6 +65,25 @@ def test_export_roundtrip_identical_logits(tiny, tmp_path):
     bundle.model.train()
 
 
+def test_image_pixel_bounds_reach_the_processor(tiny, tmp_path):
+    from PIL import Image
+    _, _, bundle = tiny
+    model.export(bundle, str(tmp_path / "m"))
+    big, small = Image.new("RGB", (2000, 2000), (200, 40, 40)), Image.new("RGB", (8, 8))
+
+    def pixels(*args):  # the processed image's pixel count (patches of 14 x 14) under data.*_pixels args
+        proc = model.make(config.parse(TINY_ARGS + [f"init={tmp_path / 'm'}", *args])).image_processor
+        return lambda im: int(proc(images=[im], return_tensors="pt")["image_grid_thw"].prod()) * 14 * 14
+    assert pixels()(big) == 56 * 56  # 0 keeps the processor's own: the tiny world's 56 x 56
+    lo, hi = 64 * 28 * 28, 256 * 28 * 28
+    bounded = pixels(f"data.min_pixels={lo}", f"data.max_pixels={hi}")
+    assert hi * 0.9 <= bounded(big) <= hi and lo <= bounded(small) <= lo * 1.1
+    with pytest.raises(ValueError, match=r"data.min_pixels / data.max_pixels: the image bounds are 200705 > 200704"):
+        pixels(f"data.min_pixels={hi + 1}", f"data.max_pixels={hi}")
+    with pytest.raises(ValueError, match=r"config key data.max_pixels: must be >= 0"):
+        config.parse(["data.max_pixels=-1"])
+
+
 def _params(out_dir):
     state = torch.load(os.path.join(out_dir, "ckpt", checkpoint.FILE), weights_only=True)
     return state["model"]

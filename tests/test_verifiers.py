@@ -1,5 +1,5 @@
 """Tests for verifiers.py: format hacks, refusal table, rule judges, recipes, the tiny world's rewards
-(the neural-verifier wrappers: test_neural_verifiers.py)."""
+(the neural judges: test_judges.py)."""
 
 import math
 
