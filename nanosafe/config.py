@@ -127,6 +127,8 @@ class RLConfig:
 class VerifierConfig:
     weights: dict = field(default_factory=dict)  # {"label.verifier": weight}
     judges: dict = field(default_factory=dict)  # {"label": "kind:path"} neural verifiers
+    rewards: dict = field(default_factory=dict)  # {"name": "module:fn" | "file.py:fn"}: your functions
+    recipes: dict = field(default_factory=dict)  # {"label": {"verifier": weight}}: new labels too
     format_weight: float = 1.0
     confidence_threshold: float = 0.7  # c*: confident enough to count as "certain"
 
