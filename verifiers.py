@@ -376,7 +376,9 @@ def load_reward(name, spec):
     score in [0, 1] (DESIGN §5); a call that returns anything else (a NaN too) is a ValueError
     naming the function and the sample."""
     what = f"verifiers.rewards[{name!r}] = {spec!r}"
-    fn = spec if callable(spec) else _import(what, spec)
+    if name in VERIFIERS:
+        raise ValueError(f"{what}: {name!r} is a built-in verifier; give your function another name")
+    fn = spec if callable(spec) else _import(what, str(spec))
     if not callable(fn):
         raise ValueError(f"{what}: not a function ({type(fn).__name__} {fn!r})")
     try:
@@ -401,10 +403,6 @@ def load_reward(name, spec):
 
 def custom_verifiers(rewards=None):
     """Config `verifiers.rewards` {name: spec} -> {name: verifier} (load_reward)."""
-    for name, spec in (rewards or {}).items():
-        if name in VERIFIERS or not (isinstance(spec, str) or callable(spec)):
-            raise ValueError(f"verifiers.rewards[{name!r}] = {spec!r}: expected a new name (not a built-in "
-                             f"verifier: {sorted(VERIFIERS)}) = 'module:function' or 'path/to/file.py:function'")
     return {name: load_reward(name, spec) for name, spec in (rewards or {}).items()}
 
 

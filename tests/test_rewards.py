@@ -92,9 +92,9 @@ def test_bad_score_names_the_function_and_the_sample(rewards_file, fn, match):
 
 
 def test_reward_names_and_recipes_checked(rewards_file):
-    with pytest.raises(ValueError, match=r"verifiers.rewards\['safety'\].*not a built-in verifier"):
+    with pytest.raises(ValueError, match=r"verifiers.rewards\['safety'\].*'safety' is a built-in verifier"):
         verifiers.label_fields(_vcfg(rewards={"safety": f"{rewards_file}:good"}))
-    with pytest.raises(ValueError, match=r"verifiers.rewards\['x'\] = \['a'\]"):
+    with pytest.raises(ValueError, match=r"verifiers.rewards\['x'\] = \['a'\]: expected 'module:function'"):
         verifiers.label_fields(_vcfg(rewards={"x": ["a"]}))
     with pytest.raises(ValueError, match=r"verifiers.recipes\['mine'\] = \{'goood': 1\.0\}.*'good'"):
         verifiers.label_fields(_vcfg(rewards={"good": f"{rewards_file}:good"}, recipes={"mine": {"goood": 1.0}}))
