@@ -334,7 +334,7 @@ def test_bad_metrics_line_before_the_last_names_file_and_line(tmp_path):
     ({}, "id", "duplicate id 'a' (first at"),
 ])
 def test_bad_sft_rows(tmp_path, row, field, what):
-    good = {"id": "a", "prompt": "What is 2 + 3?", "label": "general_rule", "response": "5"}
+    good = {"id": "a", "prompt": "What is 2 + 3?", "label": "general_rule", "answer": "5", "response": "5"}
     path = tmp_path / "d.jsonl"
     path.write_text(json.dumps(good) + "\n" + json.dumps({**good, **row}) + "\n")
     with pytest.raises(data.DataError) as e:
@@ -344,7 +344,7 @@ def test_bad_sft_rows(tmp_path, row, field, what):
 
 def test_labels_filter_keeping_nothing_is_an_error(tmp_path):
     path = tmp_path / "rl.jsonl"
-    path.write_text(json.dumps({"id": "a", "prompt": "hi", "label": "safety"}) + "\n")
+    path.write_text(json.dumps({"id": "a", "prompt": "hi", "label": "safety", "meta": {"harmful": True}}) + "\n")
     with pytest.raises(data.DataError, match=r"data.labels='knowledge' keeps 0 of the 1 prompts in .*rl.jsonl"):
         data.filter_labels(data.read_jsonl(str(path)), "knowledge")
 
