@@ -70,8 +70,7 @@ def summarize(records: list[dict]) -> tuple[dict, dict]:
 
 def score(outs: list[rollout.Rollout], vcfg, judges=None, lam: float | None = None) -> tuple[list[float], list[dict]]:
     """verifiers.score_batch with the config's weights, recipes, reward functions, format weight
-    and c*; `lam` (rung 4) turns
-    on the search reward for fact lookups."""
+    and c*; `lam` (rung 4) turns on the search reward for fact lookups."""
     return verifiers.score_batch([r.sample for r in outs], [r.text for r in outs],
                                  weights=vcfg.weights or None, judges=judges,
                                  format_weight=vcfg.format_weight, lam=lam,
