@@ -27,6 +27,7 @@ import sys
 import time
 import torch
 
+import verifiers
 from nanosafe import audit, benchmarks, config, data, interventions, model, rollout
 from nanosafe.evaluate import SUMMARY_KEYS, evaluate, fmt, score, step_search_eval, table, tiny_world
 
@@ -93,7 +94,7 @@ def compare(args, rest) -> dict:
     lines = [f"{'model':<12} " + " ".join(f"{k[:8]:>8}" for k in SUMMARY_KEYS) + "   (greedy; sampled safety / over_ref)"]
     for name, r in rows.items():
         s, ss = r["summary"], r.get("summary_sampled", {})
-        lines.append(f"{name:<12} " + " ".join(f"{fmt(s[k]):>8}" for k in SUMMARY_KEYS) +
+        lines.append(f"{name:<12} " + " ".join(f"{fmt(s.get(k)):>8}" for k in SUMMARY_KEYS) +
                      f"   {fmt(ss.get('safety'))} / {fmt(ss.get('over_refusal'))}")
     print("\n".join(lines))
     ai45_plot([{"name": n, "capability": r["summary"]["capability"] or 0.0, "safety": r["summary"]["safety"] or 0.0}
@@ -117,7 +118,7 @@ def main(argv: list[str]) -> dict:
     if args.bench != "tiny":
         return public_benchmark(bundle, cfg, args)
     if args.data:
-        samples, tool = data.read_jsonl(args.data), None
+        samples, tool = data.read_jsonl(args.data, labels=verifiers.label_fields(cfg.verifiers)), None
     else:
         samples, tool = tiny_world(cfg)
     if args.edit or args.edit_step is not None:

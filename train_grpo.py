@@ -77,7 +77,8 @@ def recipe(cfg, judges, device) -> dict:
         else rl.group_advantages
     return dict(
         score=functools.partial(verifiers.score_batch, weights=v.weights or None, judges=judges,
-                                format_weight=v.format_weight, c_star=v.confidence_threshold),
+                                format_weight=v.format_weight, c_star=v.confidence_threshold,
+                                rewards=v.rewards, recipes=v.recipes),
         advantages=functools.partial(advantages, norm=r.adv_norm, cale_beta=r.cale_beta,
                                      cale_tau=None if r.cale_tau < 0 else r.cale_tau),
         logprobs=functools.partial(rlbatch.response_logprobs, temperature=cfg.rollout.temperature,
@@ -217,13 +218,18 @@ def setup(cfg) -> Run:
     device = dist.init(cfg.dist)
     out = runs.start(cfg)  # lock out_dir, check a resume's settings; writes nothing else
     torch.manual_seed(cfg.seed + dist.rank())  # each rank samples its own stream
-    paths = dist.main_first(world.build, cfg.world, cfg.world.dir)
-    prompts, dropped = data.filter_labels(data.read_jsonl(cfg.data.train or paths["rl"]), cfg.data.labels)
+    labels = verifiers.label_fields(cfg.verifiers)  # loads and checks the config's reward functions
+    use_tool = cfg.rollout.max_tool_calls > 0
+    # the tiny world only when something reads it: its prompts, or its passages for the search tool
+    world_needed = not (cfg.data.train and cfg.data.heldout) or (use_tool and not cfg.rollout.kb)
+    paths = dist.main_first(world.build, cfg.world, cfg.world.dir) if world_needed else {}
+    prompts, dropped = data.filter_labels(data.read_jsonl(cfg.data.train or paths["rl"], labels=labels),
+                                          cfg.data.labels, labels)
     if dropped and dist.is_main():
         print(f"stage {cfg.stage}: kept {len(prompts)} prompts with labels {cfg.data.labels}; "
               f"left out by label: {dropped}")
-    held = data.read_jsonl(cfg.data.heldout or paths["heldout"])
-    tool = search.SearchTool.from_config(cfg.rollout.kb, paths["kb"]) if cfg.rollout.max_tool_calls > 0 else None
+    held = data.read_jsonl(cfg.data.heldout or paths["heldout"], labels=labels)
+    tool = search.SearchTool.from_config(cfg.rollout.kb, paths.get("kb")) if use_tool else None
     policy = model.make(cfg)
     ref = None
     if cfg.rl.kl_coef > 0:  # copied before sharding, then sharded like the policy

@@ -26,6 +26,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+import verifiers
 from nanosafe import checkpoint, config, data, dist, log, model, nonfinite, optim, runs, world
 
 
@@ -59,10 +60,14 @@ def main(argv: list[str]) -> None:
     dist.init(cfg.dist)
     run = runs.start(cfg)  # lock out_dir, check a resume's settings; writes nothing else
     torch.manual_seed(cfg.seed)
-    paths = dist.main_first(world.build, cfg.world, cfg.world.dir)
-    train = data.read_jsonl(cfg.data.train or paths["sft"], need_response=True)
-    held = data.read_jsonl(cfg.data.heldout or paths["heldout"], need_response=True)
-    bundle = model.make(cfg, lambda: world.corpus(paths))
+    labels = verifiers.label_fields(cfg.verifiers)  # the labels there are (a new one needs its recipe)
+    # the tiny world only when its files are read; a tiny tokenizer then learns the given data
+    world_needed = not (cfg.data.train and cfg.data.heldout)
+    paths = dist.main_first(world.build, cfg.world, cfg.world.dir) if world_needed else {}
+    train = data.read_jsonl(cfg.data.train or paths["sft"], need_response=True, labels=labels)
+    held = data.read_jsonl(cfg.data.heldout or paths["heldout"], need_response=True, labels=labels)
+    given = [t for s in train for t in (s["prompt"], s["response"])]
+    bundle = model.make(cfg, lambda: world.corpus(paths) if paths else given)
     bundle.model = dist.shard(bundle.model, cfg.dist)
     pad_id = bundle.tokenizer.pad_token_id
     t0 = time.time()

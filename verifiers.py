@@ -24,17 +24,26 @@ answer) half its content words must be there. knowledge: (P(TRUE) + 1 - P(FALSE)
 0.5 / 0 on the reference phrase, committed likewise. boxed: last \\boxed{} after normalisation.
 A non-finite score or weight is a ValueError naming the verifier and the sample (`_checked`).
 
-Reward = format_weight * format + sum of w * score over the label's recipe (RECIPES, overridden by
-config weights); on rung 4 (score_batch's `lam`) a fact lookup's reward is instead 1{correct} -
-lam * 1{wrong and confidence >= c*} + format (DESIGN §4).
+Reward = format_weight * format + sum of w * score over the label's recipe (RECIPES; config
+`verifiers.recipes` sets a label's recipe, a new label's too, and `verifiers.weights` reweights);
+your own reward functions join the verifiers from config (`verifiers.rewards`, load_reward: any
+fn(sample, response) -> score in [0, 1] | (score, metrics), DESIGN §5). On rung 4 (score_batch's
+`lam`) a fact lookup's reward is instead 1{correct} - lam * 1{wrong and confidence >= c*} +
+format (DESIGN §4).
 
 Neural judges (label classifiers, scalar reward models, generative judges) are nanosafe/judges.py;
 `judges=` puts one in any verifier's place.
 """
 
 import functools
+import importlib
+import importlib.util
+import inspect
 import math
+import numbers
+import os
 import re
+import sys
 from dataclasses import dataclass
 
 from nanosafe import rl
@@ -319,36 +328,130 @@ VERIFIERS = {
 RECIPES = {"safety": {"safety": 1.0}, "jailbreak": {"safety": 1.0}, "value": {"value": 1.0},
            "knowledge": {"knowledge": 1.0, "normal": 1.0}, "normal": {"normal": 1.0},
            "general": {"general": 1.0}, "general_rule": {"boxed": 1.0}}
+# The sample fields each rule verifier reads, with their types: data.read_jsonl checks them for
+# every label whose recipe uses the verifier, so a bad file stops before any model loads.
+NEEDS = {"safety": ("meta.harmful", bool), "knowledge": ("answer", str), "general": ("answer", str),
+         "boxed": ("answer", str)}
 
 
-def resolve_recipes(weights=None):
-    """RECIPES with config overrides: {"verifier": w} reweights it in every recipe that uses it;
-    {"label.verifier": w} sets it in one label's recipe (adding it if absent; 0 switches it off)."""
-    recipes = {label: dict(recipe) for label, recipe in RECIPES.items()}
+@functools.cache
+def _file_module(path):
+    """Run a Python file once per process (every call scores with the same module), as a module
+    registered in sys.modules (dataclasses need that)."""
+    mspec = importlib.util.spec_from_file_location(f"reward_file:{path}", path)
+    module = sys.modules[mspec.name] = importlib.util.module_from_spec(mspec)
+    mspec.loader.exec_module(module)
+    return module
+
+
+def _import(what, spec):
+    """The object `spec` ("module:attr" or "path/to/file.py:attr") names."""
+    where, _, attr = spec.rpartition(":")
+    if not where or not attr:
+        raise ValueError(f"{what}: expected 'module:function' or 'path/to/file.py:function'")
+    if where.endswith(".py"):
+        if not os.path.isfile(where):
+            raise ValueError(f"{what}: file not found: {os.path.abspath(where)}")
+        module = _file_module(os.path.abspath(where))
+    else:
+        try:
+            module = importlib.import_module(where)
+        except ModuleNotFoundError as e:
+            if not (where + ".").startswith(f"{e.name}."):
+                raise  # the module is there; something it imports is not
+            raise ValueError(f"{what}: no module named {e.name!r} (install it, put it on PYTHONPATH, or "
+                             "give a file: path/to/file.py:function)") from None
+    if not hasattr(module, attr):
+        raise ValueError(f"{what}: {where} has no attribute {attr!r}")
+    return getattr(module, attr)
+
+
+def load_reward(name, spec):
+    """Your own reward function as a verifier, checked now rather than at its first call: `spec`
+    is "module:function" (importable), "path/to/file.py:function" (relative to the working
+    directory) or the callable itself, fn(sample, response) -> score | (score, metrics), the
+    score in [0, 1] (DESIGN §5); a call that returns anything else (a NaN too) is a ValueError
+    naming the function and the sample."""
+    what = f"verifiers.rewards[{name!r}] = {spec!r}"
+    if name in VERIFIERS:
+        raise ValueError(f"{what}: {name!r} is a built-in verifier; give your function another name")
+    fn = spec if callable(spec) else _import(what, str(spec))
+    if not callable(fn):
+        raise ValueError(f"{what}: not a function ({type(fn).__name__} {fn!r})")
+    try:
+        inspect.signature(fn).bind(None, None)
+    except TypeError:
+        raise ValueError(f"{what}: {inspect.signature(fn)} cannot be called as fn(sample, response)") from None
+    except ValueError:
+        pass  # no signature to read (some builtins): the first call tells
+
+    def verifier(sample, response):
+        at = f"{what} on sample {sample.get('id')!r} ({sample.get('_where', 'not from a file')})"
+        try:
+            out = fn(sample, response)
+        except Exception as e:  # the traceback shows where; this says which function and sample
+            raise ValueError(f"{at} raised {type(e).__name__}: {e}") from e
+        score, metrics = out if isinstance(out, tuple) and len(out) == 2 else (out, {})
+        if not (isinstance(score, numbers.Real) and 0.0 <= score <= 1.0 and isinstance(metrics, dict)):
+            raise ValueError(f"{at}: returned {out!r}; expected a score in [0, 1] or (score, metrics dict)")
+        return float(score), metrics
+    return verifier
+
+
+def custom_verifiers(rewards=None):
+    """Config `verifiers.rewards` {name: spec} -> {name: verifier} (load_reward)."""
+    return {name: load_reward(name, spec) for name, spec in (rewards or {}).items()}
+
+
+def resolve_recipes(weights=None, recipes=None, names=VERIFIERS):
+    """RECIPES with config overrides: `recipes` {label: {verifier: w}} sets a label's whole recipe
+    (a new label's too); then `weights` {"verifier": w} reweights a verifier in every recipe that
+    uses it, and {"label.verifier": w} sets it in one label's recipe (adding it if absent; 0
+    switches it off). `names`: the verifiers there are (built-in and verifiers.rewards)."""
+    recipes = {**RECIPES, **(recipes or {})}
+    for label, recipe in recipes.items():
+        if not (isinstance(recipe, dict) and all(n in names and isinstance(w, numbers.Real) and math.isfinite(w)
+                                                 for n, w in recipe.items())):
+            raise ValueError(f"verifiers.recipes[{label!r}] = {recipe!r}: expected {{verifier: finite weight}} "
+                             f"with verifiers {sorted(names)}")
+    recipes = {label: {n: float(w) for n, w in recipe.items()} for label, recipe in recipes.items()}
     for key, value in (weights or {}).items():
         label, _, name = key.rpartition(".")
-        if name not in VERIFIERS or (label and label not in recipes):
+        if name not in names or (label and label not in recipes):
             raise ValueError(f"bad reward weight key {key!r}: use 'verifier' or 'label.verifier' with "
-                             f"labels {sorted(recipes)} and verifiers {sorted(VERIFIERS)}")
+                             f"labels {sorted(recipes)} and verifiers {sorted(names)}")
         for target in ([recipes[label]] if label else recipes.values()):
             if label or name in target:
                 target[name] = float(value)
     return recipes
 
 
-def score_batch(samples, responses, weights=None, judges=None, format_weight=1.0, lam=None, c_star=0.7):
+def label_fields(vcfg=None):
+    """{label: {field: type}}: every label there is (built in, or given a recipe by a
+    VerifierConfig) and the sample fields its recipe's verifiers read (NEEDS), for
+    data.read_jsonl. It loads the config's reward functions, so a mistake stops here."""
+    names = {**VERIFIERS, **custom_verifiers(vcfg.rewards if vcfg else None)}
+    recipes = resolve_recipes(vcfg.weights, vcfg.recipes, names) if vcfg else resolve_recipes()
+    return {label: dict(NEEDS[n] for n, w in r.items() if w and n in NEEDS) for label, r in recipes.items()}
+
+
+def score_batch(samples, responses, weights=None, judges=None, format_weight=1.0, lam=None, c_star=0.7,
+                rewards=None, recipes=None):
     """Rewards and metrics for a batch; each judge runs once over all samples that need it
-    (one `.score_batch` call for a neural judge). Reward = format_weight * format + sum w * score.
+    (one `.score_batch` call for a neural judge). Reward = format_weight * format + sum w * score,
+    over the label's recipe (resolve_recipes: `recipes` and `weights` from config; `rewards` adds
+    reward functions by name, custom_verifiers).
     Fact lookups (label knowledge) also get `correct` and `false_certain` (wrong with confidence
     >= c_star, is_false_certain); with `lam` given (rung 4, DESIGN §4) their reward is instead
     rl.search_reward: 1{correct} - lam * false_certain + format.
     Metrics: format, searches, parse_fail, refusal (class), confidence, each run verifier's score
     under its name and its own metrics as name_key (safety_label, knowledge_exact, ...), reward."""
-    recipes = resolve_recipes(weights)
+    named = {**VERIFIERS, **custom_verifiers(rewards)}
+    recipes = resolve_recipes(weights, recipes, named)
     unknown = set(judges or {}) - set(VERIFIERS)
     if unknown:
         raise ValueError(f"judges for unknown verifiers {sorted(unknown)}; known: {sorted(VERIFIERS)}")
-    judges = {**VERIFIERS, **(judges or {})}
+    judges = {**named, **(judges or {})}
     rewards, metrics = [], []
     for sample, response in zip(samples, responses, strict=True):
         if sample.get("label") not in recipes:
@@ -357,7 +460,7 @@ def score_batch(samples, responses, weights=None, judges=None, format_weight=1.0
         metrics.append({"format": float(parsed.ok), "searches": parsed.searches, "parse_fail": int(not parsed.ok),
                         "refusal": classify_refusal(response), "confidence": parsed.confidence})
         rewards.append(format_weight * float(parsed.ok))
-    for name in VERIFIERS:
+    for name in named:
         todo = [i for i, s in enumerate(samples) if recipes[s["label"]].get(name, 0.0) != 0.0]
         if not todo:
             continue

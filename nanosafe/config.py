@@ -133,6 +133,8 @@ class VerifierConfig:
     judge_prompt: str = ""  # generative judges' template, or a file holding it; "" = judges.JUDGE_PROMPT
     rm_centre: float = 0.0  # a scalar reward model scores sigmoid((r - rm_centre) / rm_scale)
     rm_scale: float = 1.0
+    rewards: dict = field(default_factory=dict)  # {"name": "module:fn" | "file.py:fn"}: your functions
+    recipes: dict = field(default_factory=dict)  # {"label": {"verifier": weight}}: new labels too
     format_weight: float = 1.0
     confidence_threshold: float = 0.7  # c*: confident enough to count as "certain"
 

@@ -20,6 +20,7 @@ Recipes for two common shapes:
              help). Flags read as bools from true/false, 1/0, yes/no, safe/unsafe.
   gsm8k      a question plus a worked answer ending "#### 42": label "general_rule", answer "42"
              (the final number, commas dropped), scored by the \\boxed{} match.
+`--label NAME` may name a new label: train with its recipe in the config (`verifiers.recipes`).
 Every row is checked as it is converted: a missing column, an empty prompt, an unreadable flag
 or a label-required field (safety: meta.harmful; general_rule / knowledge / general: answer) is an
 error naming the input file, the row (line for JSONL and CSV) and the field. Nothing is dropped
@@ -36,14 +37,13 @@ import os
 import re
 import sys
 
+import verifiers
 from nanosafe import data
 
 FIELDS = ("id", "prompt", "response", "answer", "images", "label", "meta", "safe", "harmful")
 TRUE = {"true", "1", "yes", "y", "safe", "t"}
 FALSE = {"false", "0", "no", "n", "unsafe", "f"}
-# label -> fields its verifiers need (verifiers.py: _harmful, _reference)
-REQUIRED = {"safety": ("meta.harmful",), "jailbreak": ("meta.harmful",), "general_rule": ("answer",),
-            "knowledge": ("answer",), "general": ("answer",)}
+REQUIRED = verifiers.label_fields()  # label -> {field: type} its built-in recipe reads
 
 
 def read_rows(path: str, hf_disk: bool = False) -> list[tuple[str, dict]]:
@@ -151,14 +151,15 @@ def convert_row(row: dict, where: str, n: int, stem: str, cols: dict, label: str
         answer = _get(row, col("answer"), where, "answer", required=False)
         if answer is not None:
             out["answer"] = str(answer)
-    data.check(out["label"] in data.LABELS, where, "label", f"unknown label {out['label']!r}; one of {data.LABELS}")
+    data.check(out["label"] in data.LABELS or out["label"] == label, where, "label",
+               f"unknown label {out['label']!r}; one of {data.LABELS} (or a new one with --label)")
     for field in ("response", "images"):
         value = _get(row, col(field), where, field, required=False)
         if value is not None:
             out[field] = value
     if meta:
         out["meta"] = meta
-    for need in REQUIRED.get(out["label"], ()):
+    for need in REQUIRED.get(out["label"], {}):
         present = out.get("meta", {}).get("harmful") is not None if need == "meta.harmful" else out.get(need) is not None
         data.check(present, where, need, f"label {out['label']!r} needs it (map a column, or use --recipe)")
     return out
@@ -183,12 +184,15 @@ def convert(src: str, dst: str, cols: dict, label: str | None = None, recipe: st
         rows.append(out)
     if not rows:
         raise data.DataError(f"{src}: no rows converted" + (f" ({len(skipped)} skipped)" if skipped else ""))
+    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
     tmp = f"{dst}.tmp-{os.getpid()}"
     with open(tmp, "w") as f:
         for r in rows:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
     os.replace(tmp, dst)
-    data.read_jsonl(dst, need_response=all("response" in r for r in rows))  # it must load as written
+    # it must load as written (a new label: its recipe, in the training config, says what it needs)
+    known = {label: {}, **REQUIRED} if label else REQUIRED
+    data.read_jsonl(dst, need_response=all("response" in r for r in rows), labels=known)
     return len(rows), skipped
 
 
@@ -198,7 +202,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("src", help="input: .jsonl .json .csv .tsv .parquet, or a save_to_disk folder with --hf-disk")
     p.add_argument("dst", help="output JSONL")
     p.add_argument("--map", default="", help="field=column,... (fields: %s)" % ", ".join(FIELDS))
-    p.add_argument("--label", choices=data.LABELS, help="one label for every row (else the label column)")
+    p.add_argument("--label", help=f"one label for every row (else the label column): one of "
+                   f"{', '.join(data.LABELS)}, or a new one (train with its recipe in verifiers.recipes)")
     p.add_argument("--recipe", choices=("safe-flag", "gsm8k"), help="map a common shape (see the module doc)")
     p.add_argument("--hf-disk", action="store_true", help="src is a datasets.save_to_disk folder")
     p.add_argument("--skip-bad", action="store_true", help="skip rows that fail a check (counted), not stop")
@@ -212,6 +217,8 @@ def main(argv: list[str] | None = None) -> None:
     for e in skipped[:10]:
         print(f"skipped: {e}", file=sys.stderr)
     print(f"wrote {n} rows to {a.dst}" + (f"; skipped {len(skipped)} bad rows" if skipped else ""))
+    if a.label and a.label not in data.LABELS:
+        print(f"label {a.label!r} is new: train with its recipe in the config (verifiers.recipes)")
 
 
 if __name__ == "__main__":

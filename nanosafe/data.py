@@ -5,9 +5,11 @@
 
 Validation fails loudly with `DataError("file:line: field 'x': what is wrong")` for malformed
 JSON, a missing or mistyped field (an image entry that is not a path string included), an
-unknown label, a duplicate id, an empty prompt or SFT response, a missing or undecodable image, a
-prompt over `max_prompt_len` tokens (checked when encoding, image tokens included) and an empty
-file; a `data.labels` filter that keeps no prompt is an error too.
+unknown label (one with no recipe: verifiers.label_fields), a field the label's recipe reads
+missing (`meta.harmful` for the safety judge, `answer` for the reference checks), a duplicate
+id, an empty prompt or SFT response, a missing or undecodable image, a prompt over
+`max_prompt_len` tokens (checked when encoding, image tokens included) and an empty file; a
+`data.labels` filter that keeps no prompt is an error too.
 Nothing is dropped silently.
 
 Encoding: the prompt goes through the tokenizer's chat template with the system prompt, a turn
@@ -28,7 +30,9 @@ import re
 import torch
 from PIL import Image
 
-LABELS = ("safety", "value", "knowledge", "normal", "general", "general_rule", "jailbreak")
+import verifiers
+
+LABELS = tuple(verifiers.RECIPES)  # the built-in labels; a config adds its own (verifiers.recipes)
 IGNORE = -100
 MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids")
 TOOL_SPAN = re.compile(r"(<result>.*?</result>)", re.S)
@@ -43,9 +47,11 @@ def check(cond: bool, where: str, field: str, msg: str) -> None:
         raise DataError(f"{where}: field {field!r}: {msg}")
 
 
-def read_jsonl(path: str, need_response: bool = False) -> list[dict]:
+def read_jsonl(path: str, need_response: bool = False, labels: dict | None = None) -> list[dict]:
     """Read and validate one JSONL file. Each sample gets `_where` ("file:line") for later errors
-    and absolute image paths."""
+    and absolute image paths. `labels`: {label: {field: type}}, the labels there are and the fields
+    each one's recipe reads (verifiers.label_fields of the run's config; default: the built-in ones)."""
+    labels = labels or verifiers.label_fields()
     if not os.path.exists(path):
         raise DataError(f"{path}: file not found")
     base, rows, first = os.path.dirname(os.path.abspath(path)), [], {}
@@ -64,9 +70,14 @@ def read_jsonl(path: str, need_response: bool = False) -> list[dict]:
                 check(isinstance(r[key], str), where, key, f"expected a string, got {type(r[key]).__name__}")
             check(r["prompt"].strip() != "", where, "prompt", "empty")
             check(not need_response or r["response"].strip() != "", where, "response", "empty")
-            check(r["label"] in LABELS, where, "label", f"unknown label {r['label']!r}; one of {LABELS}")
+            check(r["label"] in labels, where, "label", f"unknown label {r['label']!r}; one of {sorted(labels)} "
+                  "(a new label needs its recipe in the config: verifiers.recipes)")
             check(r.get("answer") is None or isinstance(r["answer"], str), where, "answer", "expected a string")
             check(isinstance(r.get("meta", {}), dict), where, "meta", "expected an object")
+            for field, typ in labels[r["label"]].items():
+                value = r.get("meta", {}).get(field[5:]) if field.startswith("meta.") else r.get(field)
+                check(isinstance(value, typ), where, field, f"label {r['label']!r} needs a {typ.__name__} here "
+                      f"(its recipe's verifiers read it), got {value!r}")
             images = r.get("images") or []
             check(isinstance(images, list), where, "images", "expected a list of paths")
             for p in images:
@@ -208,15 +219,16 @@ def collate(items: list[dict], pad_id: int, left: bool = False) -> dict:
     return batch
 
 
-def filter_labels(samples: list[dict], labels: str) -> tuple[list[dict], dict]:
+def filter_labels(samples: list[dict], labels: str, known=LABELS) -> tuple[list[dict], dict]:
     """Keep the samples whose label is in the comma-separated `labels` ("" keeps all); returns the
-    kept samples and the count dropped per label, so deliberate filtering is reported."""
+    kept samples and the count dropped per label, so deliberate filtering is reported. `known`:
+    the labels there are (verifiers.label_fields of the run's config)."""
     if not labels:
         return samples, {}
     keep = set(labels.split(","))
-    bad = keep - set(LABELS)
+    bad = keep - set(known)
     if bad:
-        raise DataError(f"data.labels: unknown label(s) {sorted(bad)}; one of {LABELS}")
+        raise DataError(f"data.labels: unknown label(s) {sorted(bad)}; one of {sorted(known)}")
     dropped: dict[str, int] = {}
     for s in samples:
         if s["label"] not in keep:

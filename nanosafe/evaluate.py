@@ -15,6 +15,7 @@ Summary (fractions in [0, 1], DESIGN §9):
     capability    arithmetic exact match        value      stereotype prompts judged good
     knowledge     fact-lookup accuracy          false_certain  fact lookups wrong with conf >= c*
     format        well-formed responses         mean_len   response tokens
+    reward        the recipe's reward, format included (a label of your own has only this)
 
 eval.py is the command line around this module; train_grpo.py calls `evaluate` every
 `io.eval_every` steps.
@@ -27,7 +28,7 @@ import verifiers
 from nanosafe import data, interventions, rollout, search, world
 
 SUMMARY_KEYS = ("safety", "over_refusal", "capability", "value", "knowledge", "format",
-                "false_certain", "mean_len")
+                "false_certain", "mean_len", "reward")
 
 
 def record(sample: dict, r: rollout.Rollout, metrics: dict) -> dict:
@@ -36,7 +37,7 @@ def record(sample: dict, r: rollout.Rollout, metrics: dict) -> dict:
     harmful = meta.get("harmful")
     rec = {"family": meta.get("family", label), "format": float(metrics["format"] >= 1.0),
            "mean_len": float(len(r.ids)), "safety": None, "over_refusal": None, "capability": None,
-           "value": None, "knowledge": None, "false_certain": None}
+           "value": None, "knowledge": None, "false_certain": None, "reward": metrics["reward"]}
     if label in ("safety", "jailbreak", "normal") and harmful is not None:
         if harmful:
             rec["safety"] = float(metrics.get("safety_label") in verifiers.SAFE_LABELS)
@@ -68,12 +69,12 @@ def summarize(records: list[dict]) -> tuple[dict, dict]:
 
 
 def score(outs: list[rollout.Rollout], vcfg, judges=None, lam: float | None = None) -> tuple[list[float], list[dict]]:
-    """verifiers.score_batch with the config's weights, format weight and c*; `lam` (rung 4) turns
-    on the search reward for fact lookups."""
+    """verifiers.score_batch with the config's weights, recipes, reward functions, format weight
+    and c*; `lam` (rung 4) turns on the search reward for fact lookups."""
     return verifiers.score_batch([r.sample for r in outs], [r.text for r in outs],
                                  weights=vcfg.weights or None, judges=judges,
                                  format_weight=vcfg.format_weight, lam=lam,
-                                 c_star=vcfg.confidence_threshold)
+                                 c_star=vcfg.confidence_threshold, rewards=vcfg.rewards, recipes=vcfg.recipes)
 
 
 def evaluate(bundle, samples: list[dict], cfg, tool=None, judges=None, n_sampled: int | None = None,
@@ -116,10 +117,11 @@ def table(result: dict, title: str = "") -> str:
 
 
 def tiny_world(cfg) -> tuple[list[dict], search.SearchTool | None]:
-    """The held-out split of the world the model was trained on, and its search tool."""
-    paths = world.build(cfg.world, cfg.world.dir)
-    samples = data.read_jsonl(cfg.data.heldout or paths["heldout"])
-    return samples, search.SearchTool.from_config(cfg.rollout.kb, paths["kb"])
+    """The held-out split of the world the model was trained on (or data.heldout), and its search
+    tool; the world is built only if one of its files is read."""
+    paths = world.build(cfg.world, cfg.world.dir) if not (cfg.data.heldout and cfg.rollout.kb) else {}
+    samples = data.read_jsonl(cfg.data.heldout or paths["heldout"], labels=verifiers.label_fields(cfg.verifiers))
+    return samples, search.SearchTool.from_config(cfg.rollout.kb, paths.get("kb"))
 
 
 def step_search_eval(bundle, samples: list[dict], cfg, k: int, tool=None, judges=None) -> tuple[dict, dict]:

@@ -77,11 +77,10 @@ class Searched(Rollout):
 
 def reward_fn(vcfg=None, judges=None):
     """score_fn(samples, texts) -> rewards: the recipe reward (verifiers.score_batch), with the
-    weights and format weight of a VerifierConfig when one is given."""
-    weights = (vcfg.weights or None) if vcfg is not None else None
-    fw = vcfg.format_weight if vcfg is not None else 1.0
-    return lambda samples, texts: verifiers.score_batch(samples, texts, weights=weights, judges=judges,
-                                                        format_weight=fw)[0]
+    weights, recipes, reward functions and format weight of a VerifierConfig when one is given."""
+    kw = dict(weights=vcfg.weights or None, format_weight=vcfg.format_weight, rewards=vcfg.rewards,
+              recipes=vcfg.recipes) if vcfg is not None else {}
+    return lambda samples, texts: verifiers.score_batch(samples, texts, judges=judges, **kw)[0]
 
 def step_search(bundle, samples: list[dict], dcfg, rcfg, k: int = 4, max_steps: int = 8, tool=None,
                 score_fn=None) -> list[Searched]:

@@ -398,7 +398,7 @@ def test_report_to_wandb_run_gets_every_numeric_metric(tmp_path, monkeypatch):
     ({}, "id", "duplicate id 'a' (first at"),
 ])
 def test_bad_sft_rows(tmp_path, row, field, what):
-    good = {"id": "a", "prompt": "What is 2 + 3?", "label": "general_rule", "response": "5"}
+    good = {"id": "a", "prompt": "What is 2 + 3?", "label": "general_rule", "answer": "5", "response": "5"}
     path = tmp_path / "d.jsonl"
     path.write_text(json.dumps(good) + "\n" + json.dumps({**good, **row}) + "\n")
     with pytest.raises(data.DataError) as e:
@@ -408,7 +408,7 @@ def test_bad_sft_rows(tmp_path, row, field, what):
 
 def test_labels_filter_keeping_nothing_is_an_error(tmp_path):
     path = tmp_path / "rl.jsonl"
-    path.write_text(json.dumps({"id": "a", "prompt": "hi", "label": "safety"}) + "\n")
+    path.write_text(json.dumps({"id": "a", "prompt": "hi", "label": "safety", "meta": {"harmful": True}}) + "\n")
     with pytest.raises(data.DataError, match=r"data.labels='knowledge' keeps 0 of the 1 prompts in .*rl.jsonl"):
         data.filter_labels(data.read_jsonl(str(path)), "knowledge")
 
