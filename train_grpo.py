@@ -9,8 +9,8 @@ One step, one line each in `main`:
   1. generate    `prompts_per_step` prompts (mixed by label as the stage says) -> `group_size`
                  responses each, the search tool in the loop (nanosafe/rollout.py)
   2. score       format + the label's verifier recipe (verifiers.score_batch); on rung 4 fact
-                 lookups get R = 1{correct} - lam * 1{wrong and conf >= c*} + format instead
-  3. advantages  per prompt group, (+ CALE on rung 3) (nanosafe/rl.py, DESIGN §4)
+                 lookups get R = y - lam * 1{wrong and p >= c*} - mu * (p - y)^2 + format instead
+  3. advantages  per prompt group, (+ CALE among the correct / safe on rung 3) (nanosafe/rl.py, DESIGN §4)
   4. update      old (and reference) log-probs at the sampling temperature, then `rl.epochs`
                  passes of `rl.mini_batches` optimiser steps of rl.policy_loss (CPGD by default)
   5. lambda      rung 4: dual ascent on lam against the batch's false-certain rate
@@ -78,9 +78,8 @@ def recipe(cfg, judges, device) -> dict:
     return dict(
         score=functools.partial(verifiers.score_batch, weights=v.weights or None, judges=judges,
                                 format_weight=v.format_weight, c_star=v.confidence_threshold,
-                                rewards=v.rewards, recipes=v.recipes),
-        advantages=functools.partial(advantages, norm=r.adv_norm, cale_beta=r.cale_beta,
-                                     cale_tau=None if r.cale_tau < 0 else r.cale_tau),
+                                rewards=v.rewards, recipes=v.recipes, mu=r.brier_coef, good_at=r.cale_tau),
+        advantages=functools.partial(advantages, norm=r.adv_norm, cale_beta=r.cale_beta),
         logprobs=functools.partial(rlbatch.response_logprobs, temperature=cfg.rollout.temperature,
                                    impl=r.logprob_impl if r.logprob_impl != "auto" else gpu),
         loss=functools.partial(rl.policy_loss, algo=r.algo, clip_lo=r.clip_lo, clip_hi=r.clip_hi,
@@ -103,7 +102,8 @@ def main(argv: list[str]) -> None:
                                       lam=lam if cfg.rl.fcr_penalty else None)
         rewards = torch.tensor(rewards, dtype=torch.float32)  # [B * G]
         lengths = torch.tensor([sum(o.mask) for o in outs], dtype=torch.float32)  # [B * G] policy tokens
-        adv = run.advantages(rewards.to(device), G, lengths=lengths.to(device))  # 3. advantages [B * G]
+        good = torch.tensor([m["good"] > 0 for m in vmetrics], device=device)  # [B * G] CALE's good set
+        adv = run.advantages(rewards.to(device), G, lengths=lengths.to(device), good=good)  # 3. advantages [B * G]
         clock.append(time.time())
         run.guard.check(step + 1, reward=rewards, adv=adv)  # a NaN reward makes its group's adv NaN
         stats = update(run, outs, adv.float(), cfg)  # 4. update (skipped if the guard marked the step)

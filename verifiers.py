@@ -28,8 +28,10 @@ Reward = format_weight * format + sum of w * score over the label's recipe (RECI
 `verifiers.recipes` sets a label's recipe, a new label's too, and `verifiers.weights` reweights);
 your own reward functions join the verifiers from config (`verifiers.rewards`, load_reward: any
 fn(sample, response) -> score in [0, 1] | (score, metrics), DESIGN §5). On rung 4 (score_batch's
-`lam`) a fact lookup's reward is instead 1{correct} - lam * 1{wrong and confidence >= c*} +
-format (DESIGN §4).
+`lam`) a fact lookup's reward is instead y - lam * 1{wrong and p >= c*} - mu * (p - y)^2 + format,
+y = 1{correct}, p the stated confidence (DESIGN §4). A response is `good` (CALE's good set) when
+it parses and every verifier of its recipe scores >= good_at: correct / safe, never a bare
+refusal (0.1) or a half answer.
 
 Neural judges (label classifiers, scalar reward models, generative judges) are nanosafe/judges.py;
 `judges=` puts one in any verifier's place.
@@ -291,10 +293,15 @@ def boxed_score(answer, reference):
     return float(got is not None and _normalise_boxed(got) == _normalise_boxed(str(reference))), {}
 
 
+def stated_p(confidence):
+    """The confidence a response states; a missing one counts as 1.0 (fails closed): an unhedged
+    answer asserts certainty, so omitting the tag must not dodge the false-certain penalty."""
+    return 1.0 if confidence is None else float(confidence)
+
+
 def is_false_certain(correct, confidence, c_star):
-    """Wrong and confident (>= c*). A missing confidence counts as 1.0: an unhedged answer asserts
-    certainty, so omitting the tag must not dodge the false-certain penalty."""
-    return (not correct) and (1.0 if confidence is None else float(confidence)) >= c_star
+    """Wrong and confident (>= c*), a missing confidence counting as 1.0 (stated_p)."""
+    return (not correct) and stated_p(confidence) >= c_star
 
 
 # ----------------------------------------------------------------------------- recipes
@@ -436,16 +443,17 @@ def label_fields(vcfg=None):
 
 
 def score_batch(samples, responses, weights=None, judges=None, format_weight=1.0, lam=None, c_star=0.7,
-                rewards=None, recipes=None):
+                rewards=None, recipes=None, mu=0.5, good_at=1.0):
     """Rewards and metrics for a batch; each judge runs once over all samples that need it
     (one `.score_batch` call for a neural judge). Reward = format_weight * format + sum w * score,
     over the label's recipe (resolve_recipes: `recipes` and `weights` from config; `rewards` adds
     reward functions by name, custom_verifiers).
     Fact lookups (label knowledge) also get `correct` and `false_certain` (wrong with confidence
     >= c_star, is_false_certain); with `lam` given (rung 4, DESIGN §4) their reward is instead
-    rl.search_reward: 1{correct} - lam * false_certain + format.
+    rl.search_reward: y - lam * false_certain - mu * (p - y)^2 + format, p = confidence or 1.
     Metrics: format, searches, parse_fail, refusal (class), confidence, each run verifier's score
-    under its name and its own metrics as name_key (safety_label, knowledge_exact, ...), reward."""
+    under its name and its own metrics as name_key (safety_label, knowledge_exact, ...), good
+    (1.0: parsed, and each recipe verifier of weight > 0 scored >= good_at), reward."""
     named = {**VERIFIERS, **custom_verifiers(rewards)}
     recipes = resolve_recipes(weights, recipes, named)
     unknown = set(judges or {}) - set(VERIFIERS)
@@ -458,7 +466,7 @@ def score_batch(samples, responses, weights=None, judges=None, format_weight=1.0
             raise ValueError(f"sample {sample.get('id')!r}: unknown label {sample.get('label')!r}")
         parsed = parse_response(response)
         metrics.append({"format": float(parsed.ok), "searches": parsed.searches, "parse_fail": int(not parsed.ok),
-                        "refusal": classify_refusal(response), "confidence": parsed.confidence})
+                        "refusal": classify_refusal(response), "confidence": parsed.confidence, "good": float(parsed.ok)})
         rewards.append(format_weight * float(parsed.ok))
     for name in named:
         todo = [i for i, s in enumerate(samples) if recipes[s["label"]].get(name, 0.0) != 0.0]
@@ -471,13 +479,16 @@ def score_batch(samples, responses, weights=None, judges=None, format_weight=1.0
         for i, (score, m) in zip(todo, outs, strict=True):
             rewards[i] += _checked(name, samples[i], recipes[samples[i]["label"]][name], score)
             metrics[i][name] = score
+            if recipes[samples[i]["label"]][name] > 0 and not score >= good_at:
+                metrics[i]["good"] = 0.0
             metrics[i].update({f"{name}_{k}": v for k, v in m.items() if k != "parse_fail"})
     for i, (sample, m) in enumerate(zip(samples, metrics)):
         if sample["label"] == "knowledge":
             m["correct"] = m.get("knowledge_exact", 0.0) >= 1.0
             m["false_certain"] = float(is_false_certain(m["correct"], m["confidence"], c_star))
             if lam is not None:
-                rewards[i] = rl.search_reward(m["correct"], bool(m["false_certain"]), format_weight * m["format"], lam)
+                rewards[i] = rl.search_reward(m["correct"], bool(m["false_certain"]), stated_p(m["confidence"]),
+                                              format_weight * m["format"], lam, mu)
         m["reward"] = rewards[i]
     return rewards, metrics
 

@@ -9,8 +9,8 @@ import triton
 import triton.language as tl
 
 @triton.jit
-def _adv_kernel(r_ptr, len_ptr, par_ptr, out_ptr, G, STD: tl.constexpr, CALE: tl.constexpr,
-                TAU_MAX: tl.constexpr, BLOCK_G: tl.constexpr):
+def _adv_kernel(r_ptr, len_ptr, good_ptr, par_ptr, out_ptr, G, STD: tl.constexpr, CALE: tl.constexpr,
+                BLOCK_G: tl.constexpr):
     offs = tl.arange(0, BLOCK_G)  # [BG]
     ok = offs < G
     base = tl.program_id(0).to(tl.int64) * G
@@ -29,11 +29,7 @@ def _adv_kernel(r_ptr, len_ptr, par_ptr, out_ptr, G, STD: tl.constexpr, CALE: tl
         # CALE: see nanosafe/rl.py
         L = tl.load(len_ptr + base + offs, mask=ok, other=0.0)  # [BG]
         beta = tl.load(par_ptr + 1)
-        if TAU_MAX:
-            tau = r_max
-        else:
-            tau = tl.load(par_ptr + 2)
-        good = ok & (r >= tau)
+        good = ok & (tl.load(good_ptr + base + offs, mask=ok, other=0) != 0)  # [BG]
         n_good = tl.sum(good.to(r.dtype), 0)
         mean_c = tl.sum(tl.where(good, L, 0.0), 0) / tl.maximum(n_good, 1.0)
         dc = tl.where(good, L - mean_c, 0.0)
@@ -44,8 +40,7 @@ def _adv_kernel(r_ptr, len_ptr, par_ptr, out_ptr, G, STD: tl.constexpr, CALE: tl
         adv = adv + beta * a_len
     tl.store(out_ptr + base + offs, adv, mask=ok)
 
-def group_advantages_triton(rewards, group_size, norm="std", eps=1e-6, lengths=None, cale_beta=0.0,
-                            cale_tau=None):
+def group_advantages_triton(rewards, group_size, norm="std", eps=1e-6, lengths=None, cale_beta=0.0, good=None):
     """Same arguments and result as nanosafe.rl.group_advantages (see nanosafe/rl.py)."""
     if norm not in ("std", "none"):
         raise ValueError(f"norm must be 'std' or 'none', got {norm!r}")
@@ -54,11 +49,12 @@ def group_advantages_triton(rewards, group_size, norm="std", eps=1e-6, lengths=N
     if r.numel() % group_size:
         raise ValueError(f"{r.numel()} rewards do not split into groups of {group_size}")
     cale = lengths is not None and cale_beta != 0
+    if cale and good is None:
+        raise ValueError("CALE (cale_beta > 0) needs the good mask: which responses are correct / safe")
     L = lengths.reshape(-1).to(dt).contiguous() if cale else r  # [B]
-    params = torch.tensor([eps, cale_beta, 0.0 if cale_tau is None else cale_tau], dtype=dt,
-                          device=r.device)
+    good = good.reshape(-1).to(torch.int8).contiguous() if cale else r  # [B]
+    params = torch.tensor([eps, cale_beta], dtype=dt, device=r.device)
     out = torch.empty_like(r)
-    _adv_kernel[(r.numel() // group_size,)](r, L, params, out, group_size, STD=norm == "std",
-                                            CALE=cale, TAU_MAX=cale_tau is None,
-                                            BLOCK_G=triton.next_power_of_2(group_size))
+    _adv_kernel[(r.numel() // group_size,)](r, L, good, params, out, group_size, STD=norm == "std",
+                                            CALE=cale, BLOCK_G=triton.next_power_of_2(group_size))
     return out

@@ -114,13 +114,14 @@ class RLConfig:
     agg: str = "seq-mean-token-mean"
     adv_norm: str = "std"  # std | none
     cale_beta: float = 0.0  # rung 3 turns this on
-    cale_tau: float = -1.0  # < 0: the group max
+    cale_tau: float = 1.0  # CALE's good set: parsed, every recipe verifier scores >= this (DESIGN §4)
     epochs: int = 1
     mini_batches: int = 1
     logprob_impl: str = "auto"  # auto | triton | torch | naive
     advantage_impl: str = "auto"  # auto | triton | torch
-    # rung 4: R = 1{correct} - lam * 1{wrong and conf >= c*} + format; dual ascent on lam
+    # rung 4: R = y - lam * 1{wrong and p >= c*} - brier_coef * (p - y)^2 + format; dual ascent on lam
     fcr_penalty: bool = False
+    brier_coef: float = 0.5
     fcr_target: float = 0.1
     lagrange_lr: float = 0.5
     lagrange_init: float = 0.0
@@ -367,9 +368,9 @@ POSITIVE = ("optim.batch_size", "optim.micro_batch_size", "optim.steps", "rollou
             "model.vision_depth", "model.vision_hidden", "model.vocab_size", "io.keep_last")
 NONNEGATIVE = ("io.eval_samples", "optim.max_nonfinite", "rollout.max_tool_calls", "optim.weight_decay",
                "rl.clip_lo", "rl.clip_hi", "rl.drift_coef", "rl.kl_coef", "rl.cale_beta", "rl.lagrange_lr",
-               "data.max_pixels", "data.min_pixels")
+               "rl.brier_coef", "data.max_pixels", "data.min_pixels")
 FRACTIONS = ("optim.min_lr_frac", "optim.warmup_frac", "world.unsafe_frac", "world.refusal_frac",
-             "world.verbose_frac", "world.tempting_frac", "world.guess_frac")
+             "world.verbose_frac", "world.tempting_frac", "world.guess_frac", "rl.cale_tau")
 
 
 def validate(cfg: Config) -> Config:

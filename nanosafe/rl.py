@@ -9,8 +9,9 @@ Equations (per prompt group of G responses, per response token t)
 -----------------------------------------------------------------
   group advantage   A_i = (R_i - mean_g R) / (std_g R + eps)     std unbiased (G-1), eps = 1e-6
                     "none" (Dr.GRPO): A_i = R_i - mean_g R
-  CALE              C = {i : R_i >= tau} (tau default: the group max); if |C| >= 2 and the
-                    lengths in C differ:  A_i^len = max(0, -(L_i - mean_C L) / (std_C L + eps)), i in C
+  CALE              C = {i : good_i}, the responses whose recipe's every verifier scored >= tau
+                    (verifiers.score_batch's `good`: correct / safe); if |C| >= 2 and the lengths
+                    in C differ:  A_i^len = max(0, -(L_i - mean_C L) / (std_C L + eps)), i in C
                     A_i <- A_i + beta * A_i^len
   ratio             logr_t = logp_t - logp_old_t,  r_t = exp(logr_t)
   CPGD              -clip_logp_t * A,  clip_logp_t = min(logp_t, logp_old_t + ln(1+eps_hi)) if A > 0
@@ -20,7 +21,8 @@ Equations (per prompt group of G responses, per response token t)
                     KL(pi_old || pi_theta): a soft pull back towards pi_old, on every token)
   GRPO / PPO        -min(r*A, clip(r, 1-eps_lo, 1+eps_hi)*A),   optional dual clip c for A < 0
   k3 KL             exp(q - p) - (q - p) - 1 >= 0 for log-probs p (sampled policy) and q (other)
-  search reward     R = 1{correct} - lam * 1{wrong and conf >= c*} + format;  lam <- max(0, lam + eta*(FCR - delta))
+  search reward     R = y - lam * 1{wrong and p >= c*} - mu * (p - y)^2 + format,  y = 1{correct},
+                    p the stated confidence (none: 1);  lam <- max(0, lam + eta*(FCR - delta))
   aggregation       token-mean               sum_t m*l / n_tokens(step)
                     seq-mean-token-mean      sum_i (sum_t m*l / sum_t m) / n_seqs(step)
                     seq-mean-token-sum-norm  sum_t m*l / (n_seqs(step) * max_new_tokens)
@@ -35,6 +37,10 @@ Worked example (one prompt, G = 3, eps_lo = eps_hi = 0.2, alpha = 1e-3)
   sample 1, a token with logp -1.0, old -1.1: A < 0 and logr = 0.1 > ln 0.8, inside the clip:
       the policy term is -1.0 * 0.999998 and its gradient pushes logp down.
   sample 2 has A = 0: only the drift term acts.
+  CALE, beta = 0.2: an all-wrong group R = [0, 0, 0, 0], lengths [5, 7, 9, 30], good = none:
+      A = [0, 0, 0, 0] - no length term, a short wrong answer earns nothing. R = [1, 1, 1, 0],
+      L = [10, 20, 30, 5], good = the first three: A_len = [1, 0, 0, 0] (mean 20, std 10), so
+      A = [0.5, 0.5, 0.5, -1.5] + 0.2 * A_len = [0.7, 0.5, 0.5, -1.5] (to 1e-5).
 
 Choices, where well-known implementations differ
 ------------------------------------------------
@@ -47,8 +53,9 @@ Choices, where well-known implementations differ
   a shorter-than-average good response gets a bonus, a longer one keeps its advantage, and length
   never lifts a bad response above a good one. A two-sided term gave long *correct* answers a
   negative advantage and flipped digit facts ("8 + 3 = 10"): held-out sums 0.97 -> 0.91, against
-  0.95 with this one (DESIGN §4). With the default tau (group max) an all-wrong group has
-  C = everyone and its short answers get the bonus too; pass an absolute cale_tau (e.g. 1.0).
+  0.95 with this one (DESIGN §4). The good set is absolute, never "the best of the group": with
+  the group max as threshold an all-wrong group was its own good set and its short wrong answers
+  got the bonus ([+0.133, +0.099, +0.065, 0] for the group above).
 - token-mean divides by the valid tokens of the whole optimiser step (all micro-batches, all ranks),
   never a mean of per-micro-batch means; seq-mean-token-mean averages per-sequence token means over
   the non-empty sequences of the step (an empty one is skipped, never NaN); seq-mean-token-sum-norm
@@ -77,12 +84,11 @@ def zero_variance_groups(rewards, group_size):
     r = _groups(rewards, group_size, _stat_dtype(rewards))  # [n, G]
     return int((r.amax(1) == r.amin(1)).sum())
 
-def group_advantages(rewards, group_size, norm="std", eps=1e-6, lengths=None, cale_beta=0.0,
-                     cale_tau=None):
+def group_advantages(rewards, group_size, norm="std", eps=1e-6, lengths=None, cale_beta=0.0, good=None):
     """rewards [B] as B // group_size consecutive groups -> advantages [B] (float32 or float64).
 
     norm: "std" (GRPO) or "none" (Dr.GRPO's R - mean). lengths [B] + cale_beta > 0 adds the CALE
-    term with good set C = {R >= cale_tau} (cale_tau None: the group max). Groups of one and
+    term with good set C = {i : good[i]} (good [B] bool, required then). Groups of one and
     all-equal groups get 0 from the group term; see the module docstring for every choice.
     """
     if norm not in ("std", "none"):
@@ -100,9 +106,10 @@ def group_advantages(rewards, group_size, norm="std", eps=1e-6, lengths=None, ca
     if lengths is None or cale_beta == 0:
         return adv.reshape(-1)
     # CALE, conditional length advantage (DESIGN §4)
+    if good is None:
+        raise ValueError("CALE (cale_beta > 0) needs the good mask: which responses are correct / safe")
     L = _groups(lengths, group_size, dt)  # [n, G]
-    tau = r.amax(1, keepdim=True) if cale_tau is None else cale_tau
-    good = r >= tau  # [n, G]
+    good = _groups(good, group_size, torch.bool)  # [n, G]
     n_good = good.sum(1, keepdim=True)  # [n, 1]
     mean_c = (L * good).sum(1, keepdim=True) / n_good.clamp(min=1)
     var_c = (((L - mean_c) * good) ** 2).sum(1, keepdim=True) / (n_good - 1).clamp(min=1)
@@ -195,10 +202,13 @@ def policy_loss(logp, old_logp, adv, mask, algo="cpgd", clip_lo=0.2, clip_hi=0.2
             metrics["kl_ref"] = (kl_ref * m).sum() / n_local
     return loss, metrics
 
-def search_reward(correct, false_certain, format_reward, lam):
-    """Deliberative-search reward (DESIGN §4, rung 4): R = 1{correct} - lam * 1{wrong and
-    conf >= c*} + format. Only confident errors are punished, so "I am not sure" stays cheap."""
-    return float(correct) - lam * float(false_certain) + format_reward
+def search_reward(correct, false_certain, p, format_reward, lam, mu):
+    """Deliberative-search reward (DESIGN §4, rung 4), p the stated confidence (none: 1):
+    R = y - lam * 1{wrong and p >= c*} - mu * (p - y)^2 + format, y = 1{correct}. The constraint
+    punishes confident errors; the Brier term (a proper scoring rule) makes the best p the real
+    chance of being right, so a blanket hedge costs on every right answer."""
+    y = float(correct)
+    return y - lam * float(false_certain) - mu * (p - y) ** 2 + format_reward
 
 def lagrange_update(lam, fcr, target, lr):
     """Dual ascent on the false-certain constraint FCR <= target (DESIGN §4):

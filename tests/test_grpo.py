@@ -111,9 +111,12 @@ def test_lagrange_multiplier_rises_then_falls_to_zero():
     assert 0 < lam < 0.1
     lam = rl.lagrange_update(lam, fcr=0.0, target=0.1, lr=0.5)
     assert lam == 0.0
-    assert rl.search_reward(True, False, 1.0, lam=2.0) == 2.0
-    assert rl.search_reward(False, True, 1.0, lam=2.0) == -1.0
-    assert rl.search_reward(False, False, 1.0, lam=2.0) == 1.0  # unsure and wrong is not punished
+    # R = y - lam * fc - mu * (p - y)^2 + format (args: correct, false_certain, p, format, lam, mu)
+    assert rl.search_reward(True, False, 1.0, 1.0, lam=2.0, mu=0.5) == 2.0
+    assert rl.search_reward(False, True, 1.0, 1.0, lam=2.0, mu=0.5) == -1.5  # 0 - 2 - 0.5 + 1
+    assert rl.search_reward(False, False, 0.0, 1.0, lam=2.0, mu=0.5) == 1.0  # "not sure" and wrong: no cost
+    assert rl.search_reward(True, False, 0.3, 1.0, lam=2.0, mu=0.5) == pytest.approx(1.755)  # a hedge costs 0.245
+    assert rl.search_reward(False, False, 0.3, 1.0, lam=2.0, mu=0.0) == 1.0  # mu = 0: the old reward
 
 
 def test_search_stage_saves_lambda(sft_model, tmp_path):

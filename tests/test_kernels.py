@@ -133,9 +133,10 @@ def test_advantage_kernel_matches_rl(dtype, G, seed):
     R = R + (torch.rand(n * G) < 0.3) * torch.rand(n * G, dtype=dtype)  # ... and some continuous
     R[:G] = 0.1  # an all-equal group (0.1 * G / G != 0.1 in floating point)
     L = torch.randint(1, 60, (n * G,))
+    good, wrong = R >= 0.5, torch.zeros(n * G, dtype=torch.bool)  # wrong: an all-wrong batch, no CALE
     tol = 1e-12 if dtype == torch.float64 else 2e-6
-    for kw in (dict(), dict(norm="none"), dict(lengths=L, cale_beta=0.2),
-               dict(lengths=L, cale_beta=1.0, cale_tau=0.5), dict(norm="none", lengths=L, cale_beta=0.5)):
+    for kw in (dict(), dict(norm="none"), dict(lengths=L, cale_beta=0.2, good=good),
+               dict(lengths=L, cale_beta=1.0, good=wrong), dict(norm="none", lengths=L, cale_beta=0.5, good=good)):
         ref = group_advantages(R, G, **kw)
         out = group_advantages_triton(R, G, **kw)
         assert out.dtype == ref.dtype
@@ -144,3 +145,5 @@ def test_advantage_kernel_matches_rl(dtype, G, seed):
             assert (out[:G] == 0).all(), f"seed {seed}"  # exactly, like rl.py
         if G == 1:
             assert (out == 0).all(), f"seed {seed}"
+    with pytest.raises(ValueError, match="good mask"):
+        group_advantages_triton(R, G, lengths=L, cale_beta=0.2)

@@ -44,37 +44,62 @@ def test_singleton_and_all_equal_groups_are_exactly_zero():
         group_advantages(t([1.0, 2.0, 3.0]), 2)
 
 
+def b(x):
+    return torch.tensor(x, dtype=torch.bool)
+
+
 def test_cale_by_hand():
     # R = [1, 1, 1, 0]: A = [0.25, 0.25, 0.25, -0.75] / (0.5 + 1e-6); good set C = first three.
     # L in C = [10, 20, 30]: mean 20, unbiased std 10 -> A_len = max(0, [+1, 0, -1] * 10 / (10 + 1e-6))
-    R, L = t([1.0, 1.0, 1.0, 0.0]), t([10.0, 20.0, 30.0, 5.0])
-    A = group_advantages(R, 4, lengths=L, cale_beta=0.2)
+    R, L, good = t([1.0, 1.0, 1.0, 0.0]), t([10.0, 20.0, 30.0, 5.0]), b([1, 1, 1, 0])
+    A = group_advantages(R, 4, lengths=L, cale_beta=0.2, good=good)
     assert A.tolist() == pytest.approx([0.699998980002002, 0.499999000002, 0.499999000002,
                                         -1.499997000006], rel=1e-12)
     base = group_advantages(R, 4)
     # no CALE when beta = 0, when lengths in C are equal, or when |C| < 2
-    assert torch.equal(group_advantages(R, 4, lengths=L, cale_beta=0.0), base)
-    assert torch.equal(group_advantages(R, 4, lengths=t([7.0, 7.0, 7.0, 1.0]), cale_beta=0.2), base)
+    assert torch.equal(group_advantages(R, 4, lengths=L, cale_beta=0.0, good=good), base)
+    assert torch.equal(group_advantages(R, 4, lengths=t([7.0, 7.0, 7.0, 1.0]), cale_beta=0.2, good=good), base)
     R1 = t([1.0, 0.0, 0.0, 0.0])
-    assert torch.equal(group_advantages(R1, 4, lengths=L, cale_beta=0.2), group_advantages(R1, 4))
-    # an absolute tau: C = {R >= 0.5} = all but the last; same length bonus as above
-    R2 = t([1.0, 0.5, 0.5, 0.0])
-    A, base2 = group_advantages(R2, 4, lengths=L, cale_beta=0.2, cale_tau=0.5), group_advantages(R2, 4)
-    assert A[3] == base2[3] and A[2] == base2[2] and A[1] == base2[1] and A[0] > base2[0]
+    assert torch.equal(group_advantages(R1, 4, lengths=L, cale_beta=0.2, good=b([1, 0, 0, 0])),
+                       group_advantages(R1, 4))
+    with pytest.raises(ValueError, match="good mask"):
+        group_advantages(R, 4, lengths=L, cale_beta=0.2)
+
+
+def test_cale_all_wrong_group_gets_no_length_term():
+    # the docstring's example: under the old "tau = group max" rule this group got
+    # [+0.133, +0.099, +0.065, 0]; nobody is good, so nobody gets a length bonus
+    L = t([5.0, 7.0, 9.0, 30.0])
+    A = group_advantages(t([0.0] * 4), 4, lengths=L, cale_beta=0.2, good=b([0, 0, 0, 0]))
+    assert A.tolist() == [0.0] * 4
+    # a wrong answer that earns format + a partial score is still not good: the group term only
+    R = t([1.0, 1.5, 1.0, 1.5])
+    A = group_advantages(R, 4, lengths=L, cale_beta=0.2, good=b([0, 0, 0, 0]))
+    assert torch.equal(A, group_advantages(R, 4))
+
+
+def test_cale_mixed_group_rewards_only_short_good_answers():
+    # good = {0, 2, 3} with lengths [30, 10, 50]: mean 30, std 20 -> only the 10-token answer (+1)
+    # gains; the short wrong answer (5 tokens) and the longer good ones keep their group advantage
+    R, L, good = t([2.0, 1.0, 2.0, 2.0, 1.0]), t([30.0, 5.0, 10.0, 50.0, 8.0]), b([1, 0, 1, 1, 0])
+    A, base = group_advantages(R, 5, lengths=L, cale_beta=0.5, good=good), group_advantages(R, 5)
+    assert (A - base).tolist() == pytest.approx([0, 0, 0.5 * 20 / (20 + 1e-6), 0, 0], abs=1e-12)
 
 
 def test_cale_only_adds_to_good_responses():
     # an all-correct group (flat, group advantage 0): the short answers gain, the long ones stay
     # at 0 - a correct answer is never pushed down for its length. The near-tie of the second
     # group (a bad reward 0.01 below the good ones) keeps its order with no floor.
-    A = group_advantages(t([2.0] * 4), 4, lengths=t([40.0, 80.0, 120.0, 160.0]), cale_beta=0.2)
+    A = group_advantages(t([2.0] * 4), 4, lengths=t([40.0, 80.0, 120.0, 160.0]), cale_beta=0.2,
+                         good=b([1] * 4))
     assert A[0] > A[1] > 0 and A[2] == A[3] == 0
     R = t([1.0, 1.0, 0.99, 0.0, 0.0, 0.0])
-    A = group_advantages(R, 6, lengths=t([10.0, 100.0, 50.0, 5.0, 5.0, 5.0]), cale_beta=0.2)
+    A = group_advantages(R, 6, lengths=t([10.0, 100.0, 50.0, 5.0, 5.0, 5.0]), cale_beta=0.2, good=R >= 1)
     assert A[1] == group_advantages(R, 6)[1] > A[2] and A[0] > A[1]
 
 
 def test_cale_never_ranks_bad_above_good():
+    # the good set is what reaches an absolute threshold (score_batch's `good`), here on R itself
     seed = random.randrange(2 ** 31)
     g = torch.Generator().manual_seed(seed)
     for _ in range(200):
@@ -84,13 +109,11 @@ def test_cale_never_ranks_bad_above_good():
         R = R + 1e-3 * torch.rand(4 * G, generator=g, dtype=F64) * (torch.rand(1, generator=g) < 0.5)
         L = torch.randint(1, 200, (4 * G,), generator=g)
         beta = 2 * float(torch.rand(1, generator=g))
-        tau = None if torch.rand(1, generator=g) < 0.5 else float(R[0])
-        A = group_advantages(R, G, lengths=L, cale_beta=beta, cale_tau=tau).view(-1, G)
-        Rg = R.view(-1, G)
-        for a, r in zip(A, Rg):
-            good = r >= (r.max() if tau is None else tau)
-            if good.any() and (~good).any():
-                assert a[good].min() >= a[~good].max(), f"seed {seed}"
+        good = R >= float(R[int(torch.randint(0, 4 * G, (1,), generator=g))])
+        A = group_advantages(R, G, lengths=L, cale_beta=beta, good=good).view(-1, G)
+        for a, gd in zip(A, good.view(-1, G)):
+            if gd.any() and (~gd).any():
+                assert a[gd].min() >= a[~gd].max(), f"seed {seed}"
 
 
 # ---------------------------------------------------------------- losses
