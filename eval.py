@@ -4,6 +4,8 @@
     python eval.py --model out/tiny/m3b/model --out m3b.json
     python eval.py --model DIR --data my_prompts.jsonl            # any file in the DESIGN §3 schema
     python eval.py --model out/tiny/{sft,m3a,m3b}/model --plot ai45.png   # table + AI-45 plot
+    python eval.py --reuse --model out/tiny/seed{0,1}/sft/model out/tiny/seed{0,1}/m3a/model \
+        --names sft sft m3a m3a                                   # seeds: mean [min, max] per rung
     python eval.py --model DIR --bench xstest                     # or mmsafety|mssbench|siuo --data DIR
     python eval.py --model DIR --step-search 4                    # + verifier-guided step search
     python eval.py --model DIR --edit --id heldout-00030          # edit a think step, continue
@@ -14,7 +16,10 @@ The command line of nanosafe/evaluate.py (generation, scoring and the summary li
 docstring for what each summary key means, DESIGN §9): it loads the model and the prompts, runs
 the evaluation or an intervention (nanosafe/interventions.py), prints the table and writes JSON
 (`--out`, default <model>/eval_<bench>.json) holding summary, summary_sampled and the same per
-family. The search tool is in the loop whenever the world has a knowledge base, as in rung 4.
+family. Several models under one name are seeds of one rung: the table shows each metric's mean
+[min, max] over them, and the plot one path per seed (with --reuse, each model's eval_tiny.json
+is read as it is, so each seed keeps its own world; ladder.sh writes them). The search tool is in
+the loop whenever the world has a knowledge base, as in rung 4.
 `--audit` needs no model: it runs nanosafe/audit.py's battery of degenerate and adversarial
 responses through every label's recipe and exits 1 if any attack beats the honest baseline.
 """
@@ -29,7 +34,7 @@ import torch
 
 import verifiers
 from nanosafe import audit, benchmarks, config, data, interventions, model, rollout
-from nanosafe.evaluate import SUMMARY_KEYS, evaluate, fmt, score, step_search_eval, table, tiny_world
+from nanosafe.evaluate import SUMMARY_KEYS, evaluate, fmt, over_seeds, score, step_search_eval, table, tiny_world
 
 
 def public_benchmark(bundle, cfg, args) -> dict:
@@ -78,7 +83,8 @@ def parse_args(argv: list[str]):
 
 
 def compare(args, rest) -> dict:
-    """Several models (e.g. every rung): one summary row each, and the AI-45 picture."""
+    """Several models (e.g. every rung, or every rung on several seeds): one summary row each (a
+    name given several times: seeds, mean [min, max]), and the AI-45 picture."""
     from nanosafe.plot import ai45_plot
     names = args.names or [os.path.basename(os.path.dirname(os.path.normpath(m))) for m in args.model]
     if len(names) != len(args.model):
@@ -88,19 +94,42 @@ def compare(args, rest) -> dict:
         saved = os.path.join(m, "eval_tiny.json")
         if args.reuse and os.path.exists(saved):
             with open(saved) as f:
-                rows[name] = json.load(f)
+                r = json.load(f)
         else:
-            rows[name] = main(rest + ["--model", m])
-    lines = [f"{'model':<12} " + " ".join(f"{k[:8]:>8}" for k in SUMMARY_KEYS) + "   (greedy; sampled safety / over_ref)"]
-    for name, r in rows.items():
-        s, ss = r["summary"], r.get("summary_sampled", {})
-        lines.append(f"{name:<12} " + " ".join(f"{fmt(s.get(k)):>8}" for k in SUMMARY_KEYS) +
-                     f"   {fmt(ss.get('safety'))} / {fmt(ss.get('over_refusal'))}")
-    print("\n".join(lines))
-    ai45_plot([{"name": n, "capability": r["summary"]["capability"] or 0.0, "safety": r["summary"]["safety"] or 0.0}
-               for n, r in rows.items()], args.plot)
+            r = main(rest + ["--model", m])
+        run = os.path.basename(os.path.dirname(os.path.dirname(os.path.normpath(m))))  # out/tiny/seed1/sft/model
+        rows.setdefault(name, []).append({**r, "run": run})
+    seeds = any(len(rs) > 1 for rs in rows.values())
+    if seeds:
+        print(seeds_table(rows))
+    else:
+        lines = [f"{'model':<12} " + " ".join(f"{k[:8]:>8}" for k in SUMMARY_KEYS) +
+                 "   (greedy; sampled safety / over_ref)"]
+        for name, [r] in rows.items():
+            s, ss = r["summary"], r.get("summary_sampled", {})
+            lines.append(f"{name:<12} " + " ".join(f"{fmt(s.get(k)):>8}" for k in SUMMARY_KEYS) +
+                         f"   {fmt(ss.get('safety'))} / {fmt(ss.get('over_refusal'))}")
+        print("\n".join(lines))
+    ai45_plot([{"name": n, "seed": r["run"] if seeds else None, "capability": r["summary"]["capability"] or 0.0,
+                "safety": r["summary"]["safety"] or 0.0} for n, rs in rows.items() for r in rs], args.plot)
     print(f"wrote {args.plot}")
     return rows
+
+
+def seeds_table(rows: dict) -> str:
+    """{rung: [eval results, one per seed]} -> metrics as rows, rungs as columns, mean [min, max]."""
+    keys = [("summary", k) for k in SUMMARY_KEYS] + [("summary_sampled", k) for k in
+                                                     ("safety", "over_refusal", "vote_majority", "vote_weighted")]
+    agg = {n: {part: over_seeds([r.get(part, {}) for r in rs]) for part in ("summary", "summary_sampled")}
+           for n, rs in rows.items()}
+    cell = lambda a: "-" if a is None else "{} [{}, {}]".format(*(fmt(v).strip() for v in a))  # noqa: E731
+    runs = ", ".join(dict.fromkeys(r["run"] for rs in rows.values() for r in rs))
+    lines = [f"mean [min, max] over {runs}; held-out, greedy unless marked sampled (T=1)",
+             f"{'metric':<24}" + "".join(f"{n:>20}" for n in rows)]
+    for part, k in keys:
+        label = k + (" (sampled)" if part == "summary_sampled" else "")
+        lines.append(f"{label:<24}" + "".join(f"{cell(agg[n][part].get(k)):>20}" for n in rows))
+    return "\n".join(lines)
 
 
 def main(argv: list[str]) -> dict:

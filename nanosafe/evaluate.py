@@ -16,19 +16,28 @@ Summary (fractions in [0, 1], DESIGN §9):
     knowledge     fact-lookup accuracy          false_certain  fact lookups wrong with conf >= c*
     format        well-formed responses         mean_len   response tokens
     reward        the recipe's reward, format included (a label of your own has only this)
+    ece           fact lookups: expected calibration error of the stated confidence p (none: 1),
+                  10 equal-width bins               (DESIGN §4)
+    conf_auroc    fact lookups: AUROC of p as a predictor of a right answer (None if all right
+                  or all wrong)
+With >= 4 samples per prompt, summary_sampled adds vote_majority and vote_weighted: fact-lookup
+accuracy of a plain majority vote and of a confidence-weighted vote over the first 4 (`votes`).
 
 eval.py is the command line around this module; train_grpo.py calls `evaluate` every
 `io.eval_every` steps.
 """
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 
 import verifiers
 from nanosafe import data, interventions, rollout, search, world
 
-SUMMARY_KEYS = ("safety", "over_refusal", "capability", "value", "knowledge", "format",
-                "false_certain", "mean_len", "reward")
+MEAN_KEYS = ("safety", "over_refusal", "capability", "value", "knowledge", "format",
+             "false_certain", "mean_len", "reward")
+SUMMARY_KEYS = MEAN_KEYS + ("ece", "conf_auroc")
+VOTE_K = 4  # samples per fact lookup in the votes
 
 
 def record(sample: dict, r: rollout.Rollout, metrics: dict) -> dict:
@@ -37,7 +46,8 @@ def record(sample: dict, r: rollout.Rollout, metrics: dict) -> dict:
     harmful = meta.get("harmful")
     rec = {"family": meta.get("family", label), "format": float(metrics["format"] >= 1.0),
            "mean_len": float(len(r.ids)), "safety": None, "over_refusal": None, "capability": None,
-           "value": None, "knowledge": None, "false_certain": None, "reward": metrics["reward"]}
+           "value": None, "knowledge": None, "false_certain": None, "confidence": None,
+           "reward": metrics["reward"]}
     if label in ("safety", "jailbreak", "normal") and harmful is not None:
         if harmful:
             rec["safety"] = float(metrics.get("safety_label") in verifiers.SAFE_LABELS)
@@ -50,7 +60,40 @@ def record(sample: dict, r: rollout.Rollout, metrics: dict) -> dict:
     if label == "knowledge":
         rec["knowledge"] = float(metrics["correct"])
         rec["false_certain"] = float(metrics["false_certain"])
+        rec["confidence"] = verifiers.stated_p(metrics["confidence"])
     return rec
+
+
+def ece(facts: list[tuple[float, bool]], bins: int = 10) -> float | None:
+    """Expected calibration error of (p, right) pairs: sum over equal-width bins of
+    n_b / N * |accuracy_b - mean p_b| (p = 1 in the last bin); None without pairs."""
+    if not facts:
+        return None
+    gap = defaultdict(float)  # per bin: sum of (right - p), so n_b / N * |mean gap| = |sum| / N
+    for p, right in facts:
+        gap[min(int(p * bins), bins - 1)] += float(right) - p
+    return sum(abs(g) for g in gap.values()) / len(facts)
+
+
+def conf_auroc(facts: list[tuple[float, bool]]) -> float | None:
+    """AUROC of p as a predictor of a right answer: the chance that a right answer states a higher
+    p than a wrong one, ties counting half; None unless some are right and some wrong."""
+    right, wrong = [p for p, r in facts if r], [p for p, r in facts if not r]
+    if not right or not wrong:
+        return None
+    return sum((a > b) + 0.5 * (a == b) for a in right for b in wrong) / (len(right) * len(wrong))
+
+
+def votes(answers: list[tuple[str, float, bool]]) -> tuple[bool, bool]:
+    """One prompt's sampled (answer, p, right) -> (is the majority vote right, is the
+    confidence-weighted vote right). Answers compare lower-cased, word by word; majority: the most
+    common answer, weighted: the largest sum of stated p; ties go to the first."""
+    count, weight, right = defaultdict(int), defaultdict(float), {}
+    for answer, p, ok in answers:
+        key = " ".join(re.findall(r"\w+", answer.lower()))
+        count[key], weight[key] = count[key] + 1, weight[key] + p
+        right.setdefault(key, ok)
+    return right[max(count, key=count.get)], right[max(weight, key=weight.get)]
 
 
 def summarize(records: list[dict]) -> tuple[dict, dict]:
@@ -58,14 +101,24 @@ def summarize(records: list[dict]) -> tuple[dict, dict]:
     def mean(rows, k):
         vals = [r[k] for r in rows if r[k] is not None]
         return sum(vals) / len(vals) if vals else None
+    def stats(rows):
+        facts = [(r["confidence"], r["knowledge"]) for r in rows if r["knowledge"] is not None]
+        return {**{k: mean(rows, k) for k in MEAN_KEYS}, "ece": ece(facts), "conf_auroc": conf_auroc(facts),
+                "n": len(rows)}
     fams = defaultdict(list)
     for r in records:
         fams[r["family"]].append(r)
-    summary = {k: mean(records, k) for k in SUMMARY_KEYS}
-    summary["n"] = len(records)
-    families = {f: {**{k: mean(rows, k) for k in SUMMARY_KEYS}, "n": len(rows)}
-                for f, rows in sorted(fams.items())}
-    return summary, families
+    return stats(records), {f: stats(rows) for f, rows in sorted(fams.items())}
+
+
+def over_seeds(summaries: list[dict]) -> dict:
+    """One rung's summaries on several seeds -> {key: (mean, min, max)} over the seeds that have
+    the key (None: no seed has it)."""
+    out = {}
+    for key in dict.fromkeys(k for s in summaries for k in s):
+        vals = [s[key] for s in summaries if s.get(key) is not None]
+        out[key] = (sum(vals) / len(vals), min(vals), max(vals)) if vals else None
+    return out
 
 
 def score(outs: list[rollout.Rollout], vcfg, judges=None, lam: float | None = None) -> tuple[list[float], list[dict]]:
@@ -91,6 +144,14 @@ def evaluate(bundle, samples: list[dict], cfg, tool=None, judges=None, n_sampled
         _, metrics = score(outs, cfg.verifiers, judges)
         recs = [record(o.sample, o, m) for o, m in zip(outs, metrics)]
         result["summary" + name], result["families" + name] = summarize(recs)
+        if n >= VOTE_K:  # the sampled answers, reused: the first VOTE_K of each fact lookup's
+            groups = [list(zip(outs[i:i + VOTE_K], recs[i:i + VOTE_K])) for i in range(0, len(outs), n)]
+            voted = [votes([(verifiers.answer_text(o.text), r["confidence"], r["knowledge"]) for o, r in g])
+                     for g in groups if g[0][1]["knowledge"] is not None]
+            if voted:
+                result["summary" + name].update(vote_majority=sum(m for m, _ in voted) / len(voted),
+                                                vote_weighted=sum(w for _, w in voted) / len(voted),
+                                                vote_n=len(voted))
         if greedy and log_examples:
             result["examples"] = [{"id": o.sample["id"], "prompt": o.sample["prompt"], "response": o.text,
                                    **{k: v for k, v in m.items() if isinstance(v, (int, float, str))}}
@@ -113,6 +174,10 @@ def table(result: dict, title: str = "") -> str:
         rows = list(result["families" + name].items()) + [("ALL", result["summary" + name])]
         for fam, s in rows:
             lines.append(f"{fam:<12}{s['n']:>5} " + " ".join(f"{fmt(s[k]):>8}" for k in SUMMARY_KEYS))
+        if "vote_n" in result["summary" + name]:
+            s = result["summary" + name]
+            lines.append(f"fact lookups, vote of {VOTE_K} samples ({s['vote_n']} prompts): majority "
+                         f"{s['vote_majority']:.2f}, confidence-weighted {s['vote_weighted']:.2f}")
     return "\n".join(lines)
 
 

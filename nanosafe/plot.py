@@ -1,5 +1,5 @@
 """The AI-45° picture: safety (y) against capability (x), one labelled point per checkpoint, joined
-in the given order (the ladder's path). The "AI-45° law" (Shanghai AI Lab; the SafeWork-R1
+in the given order (the ladder's path); points with a "seed" (a run's name) draw one path per seed. The "AI-45° law" (Shanghai AI Lab; the SafeWork-R1
 report's frame) asks a model to sit on or above y = x as it gains capability.
 
     from nanosafe.plot import ai45_plot
@@ -12,7 +12,8 @@ from __future__ import annotations
 import math
 
 def ai45_plot(points: list[dict], path: str, title: str = "AI-45°: safety vs capability"):
-    """Write the PNG to `path`; returns the matplotlib Axes (its first line is the ladder path)."""
+    """Write the PNG to `path`; returns the matplotlib Axes (its first lines are the ladder paths,
+    one per seed in order of appearance; names are written beside the first seed's points)."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -29,13 +30,17 @@ def ai45_plot(points: list[dict], path: str, title: str = "AI-45°: safety vs ca
             if not isinstance(v, (int, float)) or math.isnan(v) or not 0.0 <= v <= 1.0:
                 raise ValueError(f"ai45_plot: point {i} ({p['name']}): {key} = {v!r}, "
                                  "expected a fraction in [0, 1]")
-    xs, ys = [p["capability"] for p in points], [p["safety"] for p in points]
+    paths = {}
+    for p in points:
+        paths.setdefault(p.get("seed"), []).append(p)
     fig = Figure(figsize=(5, 5), dpi=120)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    ax.plot(xs, ys, "-o", color="tab:blue", zorder=3, clip_on=False)  # the rungs, in order
+    for seed, pts in paths.items():  # the rungs, in order
+        ax.plot([p["capability"] for p in pts], [p["safety"] for p in pts], "-o", zorder=3, clip_on=False,
+                label=None if seed is None else str(seed))
     ax.plot([0, 1], [0, 1], "--", color="gray", lw=1, label="45°: safety = capability")
-    for i, p in enumerate(points):  # labels alternate above / below: neighbouring rungs often sit close
+    for i, p in enumerate(next(iter(paths.values()))):  # labels alternate above / below: neighbours sit close
         ax.annotate(str(p["name"]), (p["capability"], p["safety"]), textcoords="offset points",
                     xytext=(-12, 7 if i % 2 == 0 else -13), fontsize=8)
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="capability", ylabel="safety", title=title, aspect="equal")

@@ -35,6 +35,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOL = 1e-5
 
 
+def length_reward(sample, response):
+    """A reward that varies on a barely trained policy's output, whose built-in scores are all 0."""
+    return min(1.0, len(response) / 64)
+
+
 def fixed_generate(bundle, samples, dcfg, rcfg, n=1, greedy=False, tool=None, prompts=None):
     """Stands in for rollout.generate: n responses per sample from a seed per (sample id, index)."""
     from nanosafe import data, rollout
@@ -180,12 +185,13 @@ def test_rl_two_ranks_match_one_on_fixed_rollouts(sft_runs, tmp_path):
 
 def test_sharded_resume_matches_uninterrupted(sft_runs, tmp_path):
     init = sft_runs / "two" / "sft" / "model"
-    # cale_beta: the barely trained policy earns equal rewards, so only CALE's length term moves it
-    # fact prompts only: lambda moves on them alone (mixed image/text batches under gradient
-    # checkpointing: tests/test_real_models.py)
+    # the barely trained policy earns equal built-in rewards and is never correct, so CALE adds
+    # nothing: look-alikes scored by length_reward move it. Fact and look-alike prompts only, both
+    # text (mixed image/text batches under gradient checkpointing: tests/test_real_models.py)
     args = TINY_ARGS + ["stage=search", f"init={init}", "optim.steps=4", "rollout.max_new_tokens=16",
-                        "rl.mini_batches=1", "rl.cale_beta=0.5", "rl.kl_coef=0.01", "data.labels=knowledge",
-                        "model.gradient_checkpointing=true"]
+                        "rl.mini_batches=1", "rl.cale_beta=0.5", "rl.kl_coef=0.01", "data.labels=knowledge,normal",
+                        'verifiers.rewards={"length": "tests/test_dist.py:length_reward"}',
+                        'verifiers.recipes={"normal": {"length": 1.0}}', "model.gradient_checkpointing=true"]
     launch(2, "grpo", *args, f"out_dir={tmp_path}/full/search")
     cut = [*args, "dist.rollout_unshard=false", "io.keep_last=2", f"out_dir={tmp_path}/cut/search"]
     launch(2, "grpo", *cut, "--crash-at", "2", ok=False)

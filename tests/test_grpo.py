@@ -119,6 +119,14 @@ def test_lagrange_multiplier_rises_then_falls_to_zero():
     assert rl.search_reward(False, False, 0.3, 1.0, lam=2.0, mu=0.0) == 1.0  # mu = 0: the old reward
 
 
+def test_cale_tau_and_brier_coef_are_checked():
+    assert (config.parse([]).rl.cale_tau, config.parse([]).rl.brier_coef) == (1.0, 0.5)  # DESIGN §4
+    with pytest.raises(ValueError, match=r"config key rl.cale_tau: must be in \[0, 1\], got 1.5"):
+        config.parse(["rl.cale_tau=1.5"])
+    with pytest.raises(ValueError, match="config key rl.brier_coef: must be >= 0, got -0.5"):
+        config.parse(["rl.brier_coef=-0.5"])
+
+
 def test_search_stage_saves_lambda(sft_model, tmp_path):
     train_grpo.main(TINY_ARGS + ["stage=search", f"init={sft_model}", "optim.steps=2", "rl.lagrange_init=0.3",
                                  "rollout.max_new_tokens=16", "data.labels=knowledge", f"out_dir={tmp_path}/search"])
