@@ -36,7 +36,6 @@ import verifiers
 from nanosafe import audit, benchmarks, config, data, interventions, model, rollout
 from nanosafe.evaluate import SUMMARY_KEYS, evaluate, fmt, over_seeds, score, step_search_eval, table, tiny_world
 
-
 def public_benchmark(bundle, cfg, args) -> dict:
     """XSTest / MM-SafetyBench / MSSBench / SIUO: greedy answers judged by the verifiers, with the
     metrics each paper reports (nanosafe.benchmarks)."""
@@ -53,7 +52,6 @@ def public_benchmark(bundle, cfg, args) -> dict:
         json.dump(result, f, indent=2)
     print(f"wrote {out}")
     return result
-
 
 def parse_args(argv: list[str]):
     p = argparse.ArgumentParser(description="Evaluate a policy (see the module docstring). Any other "
@@ -80,7 +78,6 @@ def parse_args(argv: list[str]):
     if not args.model:
         p.error("--model needs a model directory")
     return args, rest
-
 
 def compare(args, rest) -> dict:
     """Several models (e.g. every rung, or every rung on several seeds): one summary row each (a
@@ -115,7 +112,6 @@ def compare(args, rest) -> dict:
     print(f"wrote {args.plot}")
     return rows
 
-
 def seeds_table(rows: dict) -> str:
     """{rung: [eval results, one per seed]} -> metrics as rows, rungs as columns, mean [min, max]."""
     keys = [("summary", k) for k in SUMMARY_KEYS] + [("summary_sampled", k) for k in
@@ -130,7 +126,6 @@ def seeds_table(rows: dict) -> str:
         label = k + (" (sampled)" if part == "summary_sampled" else "")
         lines.append(f"{label:<24}" + "".join(f"{cell(agg[n][part].get(k)):>20}" for n in rows))
     return "\n".join(lines)
-
 
 def main(argv: list[str]) -> dict:
     if argv[:1] == ["--audit"]:

@@ -29,7 +29,6 @@ import torch.nn.functional as F
 import verifiers
 from nanosafe import checkpoint, config, data, dist, log, model, nonfinite, optim, runs, world
 
-
 def token_loss_sum(bundle, batch: dict) -> tuple[torch.Tensor, int]:
     """Summed next-token cross-entropy over unmasked labels, and their count."""
     device = dist.device_of(bundle.model)
@@ -41,7 +40,6 @@ def token_loss_sum(bundle, batch: dict) -> tuple[torch.Tensor, int]:
                            ignore_index=data.IGNORE, reduction="sum")
     return loss, int((target != data.IGNORE).sum())
 
-
 @torch.no_grad()
 def heldout_loss(bundle, encoded: list[dict], pad_id: int, micro: int) -> float:
     bundle.model.eval()
@@ -51,7 +49,6 @@ def heldout_loss(bundle, encoded: list[dict], pad_id: int, micro: int) -> float:
         total, count = total + float(s), count + n
     bundle.model.train()
     return total / max(count, 1)
-
 
 def main(argv: list[str]) -> None:
     cfg = config.parse(argv, default_stage="sft")

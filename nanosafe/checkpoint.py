@@ -35,7 +35,6 @@ from nanosafe import dist
 FILE = "state.pt"
 LATEST = "latest"
 
-
 def rng_state() -> dict:
     state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
              "python_pos": random.getstate()[2]}
@@ -43,13 +42,11 @@ def rng_state() -> dict:
         state["cuda"] = torch.cuda.get_rng_state()
     return state
 
-
 def set_rng_state(s: dict) -> None:
     torch.set_rng_state(s["torch"])
     random.setstate((3, tuple(s["python"]), s["python_pos"]))
     if "cuda" in s:
         torch.cuda.set_rng_state(s["cuda"])
-
 
 def nonfinite(model, optimizer) -> list[str]:
     """Names of this rank's parameters, buffers and optimiser states holding a NaN or inf."""
@@ -60,7 +57,6 @@ def nonfinite(model, optimizer) -> list[str]:
         bad += [f"optimizer state {i}.{k}" for k, t in st.items() if torch.is_tensor(t)
                 and t.is_floating_point() and not torch.isfinite(local(t)).all()]
     return bad
-
 
 def save(ckpt_dir: str, model, optimizer, scheduler, step: int, extra: dict | None = None,
          keep_last: int = 1) -> None:
@@ -103,7 +99,6 @@ def save(ckpt_dir: str, model, optimizer, scheduler, step: int, extra: dict | No
         _prune(ckpt_dir, step, keep_last)
     dist.barrier()
 
-
 def _prune(ckpt_dir: str, step: int, keep: int) -> None:
     """Remove the step-<N>/ and state-<N>.pt checkpoints but the newest `keep` with N <= step."""
     found = {}
@@ -119,10 +114,8 @@ def _prune(ckpt_dir: str, step: int, keep: int) -> None:
         else:
             os.remove(path)
 
-
 def exists(ckpt_dir: str) -> bool:
     return any(os.path.exists(os.path.join(ckpt_dir, f)) for f in (FILE, LATEST))
-
 
 def load(ckpt_dir: str, model, optimizer, scheduler) -> tuple[int, dict]:
     """Restore everything in place; returns (step, extra)."""

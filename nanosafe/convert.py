@@ -45,7 +45,6 @@ TRUE = {"true", "1", "yes", "y", "safe", "t"}
 FALSE = {"false", "0", "no", "n", "unsafe", "f"}
 REQUIRED = verifiers.label_fields()  # label -> {field: type} its built-in recipe reads
 
-
 def read_rows(path: str, hf_disk: bool = False) -> list[tuple[str, dict]]:
     """-> [(where, row)], where = "file:line" (JSONL, CSV) or "file:row N" (JSON, parquet, datasets)."""
     if hf_disk:
@@ -91,7 +90,6 @@ def read_rows(path: str, hf_disk: bool = False) -> list[tuple[str, dict]]:
         return [(f"{path}:row {i}", r) for i, r in enumerate(frame.to_dict("records"))]
     raise SystemExit(f"{path}: unknown input type {ext!r}; one of .jsonl .json .csv .tsv .parquet")
 
-
 def parse_map(spec: str) -> dict[str, str]:
     """"prompt=question,answer=final" -> {"prompt": "question", "answer": "final"}."""
     out = {}
@@ -104,13 +102,11 @@ def parse_map(spec: str) -> dict[str, str]:
         out[field] = column
     return out
 
-
 def _get(row: dict, column: str, where: str, field: str, required: bool = True):
     if column not in row or row[column] is None or (isinstance(row[column], float) and row[column] != row[column]):
         data.check(not required, where, field, f"column {column!r} missing (columns: {sorted(row)})")
         return None
     return row[column]
-
 
 def _flag(value, where: str, field: str) -> bool:
     if isinstance(value, bool):
@@ -119,13 +115,11 @@ def _flag(value, where: str, field: str) -> bool:
     data.check(text in TRUE | FALSE, where, field, f"cannot read {value!r} as a flag (true/false, 1/0, yes/no)")
     return text in TRUE
 
-
 def gsm8k_answer(text: str) -> str | None:
     """The final number of a GSM8K-style worked answer ("... #### 1,234" -> "1234")."""
     tail = text.rsplit("####", 1)[-1] if "####" in text else text
     nums = re.findall(r"-?\d[\d,]*(?:\.\d+)?", tail)
     return nums[-1].replace(",", "") if nums else None
-
 
 def convert_row(row: dict, where: str, n: int, stem: str, cols: dict, label: str | None, recipe: str | None) -> dict:
     col = lambda f: cols.get(f, f)  # noqa: E731 -- the input column holding schema field f
@@ -164,7 +158,6 @@ def convert_row(row: dict, where: str, n: int, stem: str, cols: dict, label: str
         data.check(present, where, need, f"label {out['label']!r} needs it (map a column, or use --recipe)")
     return out
 
-
 def convert(src: str, dst: str, cols: dict, label: str | None = None, recipe: str | None = None,
             hf_disk: bool = False, skip_bad: bool = False) -> tuple[int, list[str]]:
     """Convert `src` into `dst` (JSONL); -> (rows written, errors of skipped rows)."""
@@ -194,7 +187,6 @@ def convert(src: str, dst: str, cols: dict, label: str | None = None, recipe: st
     known = {label: {}, **REQUIRED} if label else REQUIRED
     data.read_jsonl(dst, need_response=all("response" in r for r in rows), labels=known)
     return len(rows), skipped
-
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m nanosafe.convert", description=__doc__.split("\n\n")[0],

@@ -37,15 +37,12 @@ IGNORE = -100
 MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids")
 TOOL_SPAN = re.compile(r"(<result>.*?</result>)", re.S)
 
-
 class DataError(ValueError):
     pass
-
 
 def check(cond: bool, where: str, field: str, msg: str) -> None:
     if not cond:
         raise DataError(f"{where}: field {field!r}: {msg}")
-
 
 def read_jsonl(path: str, need_response: bool = False, labels: dict | None = None) -> list[dict]:
     """Read and validate one JSONL file. Each sample gets `_where` ("file:line") for later errors
@@ -94,7 +91,6 @@ def read_jsonl(path: str, need_response: bool = False, labels: dict | None = Non
         raise DataError(f"{path}: empty file (no samples)")
     return rows
 
-
 def check_image(path: str, where: str) -> str:
     check(os.path.exists(path), where, "images", f"image not found: {path}")
     try:
@@ -104,10 +100,8 @@ def check_image(path: str, where: str) -> str:
         raise DataError(f"{where}: field 'images': cannot decode {path} ({type(e).__name__})") from None
     return path
 
-
 def load_images(sample: dict) -> list[Image.Image]:
     return [Image.open(p).convert("RGB") for p in sample["images"]]
-
 
 def render_prompt(tokenizer, sample: dict, system_prompt: str) -> str:
     # A turn without images is a plain string: Qwen2.5's text template concatenates
@@ -118,7 +112,6 @@ def render_prompt(tokenizer, sample: dict, system_prompt: str) -> str:
     messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + \
                [{"role": "user", "content": content}]
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
 
 def encode_prompt(bundle, sample: dict, dcfg) -> dict:
     """-> {"input_ids": [T] long, "pixel_values": [P, C] | None, "image_grid_thw": [I, 3] | None,
@@ -143,7 +136,6 @@ def encode_prompt(bundle, sample: dict, dcfg) -> dict:
     return {"input_ids": ids, "pixel_values": vision.get("pixel_values"),
             "image_grid_thw": vision.get("image_grid_thw"), "mm_token_type_ids": types}
 
-
 def with_response(prompt: dict, ids: list[int]) -> dict:
     """An encoded prompt continued by response tokens (text, token type 0)."""
     ext = torch.tensor(ids, dtype=torch.long)  # [R]
@@ -152,12 +144,10 @@ def with_response(prompt: dict, ids: list[int]) -> dict:
         types = torch.cat([types, torch.zeros_like(ext, dtype=types.dtype)])  # [T + R]
     return {**prompt, "input_ids": torch.cat([prompt["input_ids"], ext]), "mm_token_type_ids": types}
 
-
 def end_of_turn_id(tokenizer) -> int:
     """Qwen's `<|im_end|>` where the tokenizer has it as one token, else its eos token."""
     ids = tokenizer("<|im_end|>", add_special_tokens=False)["input_ids"]
     return ids[0] if len(ids) == 1 else tokenizer.eos_token_id
-
 
 def encode_response(tokenizer, response: str, end: bool = True) -> tuple[list[int], list[int]]:
     """Response text -> (ids, loss mask); tool results get mask 0. `end` appends end-of-turn."""
@@ -173,7 +163,6 @@ def encode_response(tokenizer, response: str, end: bool = True) -> tuple[list[in
         mask.append(1)
     return ids, mask
 
-
 def encode_sft(bundle, sample: dict, dcfg) -> dict:
     """Prompt + response; labels are IGNORE on prompt, image and tool-result tokens."""
     enc = encode_prompt(bundle, sample, dcfg)
@@ -185,7 +174,6 @@ def encode_sft(bundle, sample: dict, dcfg) -> dict:
     enc = with_response(enc, r_ids)
     enc["labels"] = torch.tensor(labels, dtype=torch.long)
     return enc
-
 
 def collate(items: list[dict], pad_id: int, left: bool = False) -> dict:
     """Pad a list of encoded samples into a batch (right padding for training, left for
@@ -218,7 +206,6 @@ def collate(items: list[dict], pad_id: int, left: bool = False) -> dict:
         batch["mm_token_type_ids"] = types
     return batch
 
-
 def filter_labels(samples: list[dict], labels: str, known=LABELS) -> tuple[list[dict], dict]:
     """Keep the samples whose label is in the comma-separated `labels` ("" keeps all); returns the
     kept samples and the count dropped per label, so deliberate filtering is reported. `known`:
@@ -239,7 +226,6 @@ def filter_labels(samples: list[dict], labels: str, known=LABELS) -> tuple[list[
         raise DataError(f"data.labels={labels!r} keeps 0 of the {len(samples)} prompts in {source} "
                         f"(labels there: {sorted(dropped)})")
     return kept, dropped
-
 
 def batch_order(n: int, step: int, batch_size: int, seed: int) -> list[int]:
     """Indices of the samples in optimiser step `step`: epoch-wise seeded permutations, so the

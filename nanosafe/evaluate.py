@@ -39,7 +39,6 @@ MEAN_KEYS = ("safety", "over_refusal", "capability", "value", "knowledge", "form
 SUMMARY_KEYS = MEAN_KEYS + ("ece", "conf_auroc")
 VOTE_K = 4  # samples per fact lookup in the votes
 
-
 def record(sample: dict, r: rollout.Rollout, metrics: dict) -> dict:
     """Per-response facts that the summary averages (None = not applicable to this prompt)."""
     meta, label = sample.get("meta", {}), sample["label"]
@@ -63,7 +62,6 @@ def record(sample: dict, r: rollout.Rollout, metrics: dict) -> dict:
         rec["confidence"] = verifiers.stated_p(metrics["confidence"])
     return rec
 
-
 def ece(facts: list[tuple[float, bool]], bins: int = 10) -> float | None:
     """Expected calibration error of (p, right) pairs: sum over equal-width bins of
     n_b / N * |accuracy_b - mean p_b| (p = 1 in the last bin); None without pairs."""
@@ -74,7 +72,6 @@ def ece(facts: list[tuple[float, bool]], bins: int = 10) -> float | None:
         gap[min(int(p * bins), bins - 1)] += float(right) - p
     return sum(abs(g) for g in gap.values()) / len(facts)
 
-
 def conf_auroc(facts: list[tuple[float, bool]]) -> float | None:
     """AUROC of p as a predictor of a right answer: the chance that a right answer states a higher
     p than a wrong one, ties counting half; None unless some are right and some wrong."""
@@ -82,7 +79,6 @@ def conf_auroc(facts: list[tuple[float, bool]]) -> float | None:
     if not right or not wrong:
         return None
     return sum((a > b) + 0.5 * (a == b) for a in right for b in wrong) / (len(right) * len(wrong))
-
 
 def votes(answers: list[tuple[str, float, bool]]) -> tuple[bool, bool]:
     """One prompt's sampled (answer, p, right) -> (is the majority vote right, is the
@@ -94,7 +90,6 @@ def votes(answers: list[tuple[str, float, bool]]) -> tuple[bool, bool]:
         count[key], weight[key] = count[key] + 1, weight[key] + p
         right.setdefault(key, ok)
     return right[max(count, key=count.get)], right[max(weight, key=weight.get)]
-
 
 def summarize(records: list[dict]) -> tuple[dict, dict]:
     """-> (summary over all prompts, {family: summary}); keys with no applicable prompt are None."""
@@ -110,7 +105,6 @@ def summarize(records: list[dict]) -> tuple[dict, dict]:
         fams[r["family"]].append(r)
     return stats(records), {f: stats(rows) for f, rows in sorted(fams.items())}
 
-
 def over_seeds(summaries: list[dict]) -> dict:
     """One rung's summaries on several seeds -> {key: (mean, min, max)} over the seeds that have
     the key (None: no seed has it)."""
@@ -120,7 +114,6 @@ def over_seeds(summaries: list[dict]) -> dict:
         out[key] = (sum(vals) / len(vals), min(vals), max(vals)) if vals else None
     return out
 
-
 def score(outs: list[rollout.Rollout], vcfg, judges=None, lam: float | None = None) -> tuple[list[float], list[dict]]:
     """verifiers.score_batch with the config's weights, recipes, reward functions, format weight
     and c*; `lam` (rung 4) turns on the search reward for fact lookups."""
@@ -128,7 +121,6 @@ def score(outs: list[rollout.Rollout], vcfg, judges=None, lam: float | None = No
                                  weights=vcfg.weights or None, judges=judges,
                                  format_weight=vcfg.format_weight, lam=lam,
                                  c_star=vcfg.confidence_threshold, rewards=vcfg.rewards, recipes=vcfg.recipes)
-
 
 def evaluate(bundle, samples: list[dict], cfg, tool=None, judges=None, n_sampled: int | None = None,
              log_examples: int = 0) -> dict:
@@ -158,10 +150,8 @@ def evaluate(bundle, samples: list[dict], cfg, tool=None, judges=None, n_sampled
                                   for o, m in list(zip(outs, metrics))[:log_examples]]
     return result
 
-
 def fmt(v) -> str:
     return "  -  " if v is None else f"{v:5.1f}" if v > 1.5 else f"{v:5.2f}"
-
 
 def table(result: dict, title: str = "") -> str:
     """Families as rows, summary keys as columns; greedy then sampled."""
@@ -180,14 +170,12 @@ def table(result: dict, title: str = "") -> str:
                          f"{s['vote_majority']:.2f}, confidence-weighted {s['vote_weighted']:.2f}")
     return "\n".join(lines)
 
-
 def tiny_world(cfg) -> tuple[list[dict], search.SearchTool | None]:
     """The held-out split of the world the model was trained on (or data.heldout), and its search
     tool; the world is built only if one of its files is read."""
     paths = world.build(cfg.world, cfg.world.dir) if not (cfg.data.heldout and cfg.rollout.kb) else {}
     samples = data.read_jsonl(cfg.data.heldout or paths["heldout"], labels=verifiers.label_fields(cfg.verifiers))
     return samples, search.SearchTool.from_config(cfg.rollout.kb, paths.get("kb"))
-
 
 def step_search_eval(bundle, samples: list[dict], cfg, k: int, tool=None, judges=None) -> tuple[dict, dict]:
     """The verifier-guided step search intervention, scored like greedy decoding."""

@@ -13,7 +13,6 @@ import warnings
 
 from tqdm import tqdm
 
-
 def read_rows(path: str) -> list[tuple[str, dict]]:
     """(line, parsed row) of a JSONL log. A torn last line (a kill mid-write) is dropped with a
     warning naming the file; a bad line anywhere else is an error naming file and line."""
@@ -31,7 +30,6 @@ def read_rows(path: str) -> list[tuple[str, dict]]:
                                  f"dropped on resume, this one is not the last") from None
             warnings.warn(f"{path}:{n}: dropped a torn last line (a write cut short): {line.strip()[:80]!r}")
     return out
-
 
 class Logger:
     def __init__(self, out_dir: str, total: int, start: int = 0, enabled: bool = True,
@@ -80,7 +78,6 @@ class Logger:
         if self.tracker:
             self.tracker[1]()
             self.tracker = None
-
 
 def _tracker(kind: str, out_dir: str, start: int, run_config: dict | None):
     """(send(step, metrics), close) for TensorBoard or W&B; a missing package is an ImportError

@@ -47,9 +47,7 @@ CHAT_TEMPLATE = (
     "{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
-
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
-
 
 @dataclass
 class Bundle:
@@ -61,7 +59,6 @@ class Bundle:
     @property
     def is_vl(self) -> bool:
         return self.image_processor is not None
-
 
 def train_tokenizer(texts: list[str], vocab_size: int):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -80,13 +77,11 @@ def train_tokenizer(texts: list[str], vocab_size: int):
     hf.chat_template = CHAT_TEMPLATE
     return hf
 
-
 def _tiny_image_processor():
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
     side = 56  # 4x4 patches of 14 -> 2x2 merged tokens
     return Qwen2VLImageProcessorPil(min_pixels=side * side, max_pixels=side * side, patch_size=14,
                                     merge_size=2, temporal_patch_size=2)
-
 
 def build_tiny(mcfg, tokenizer) -> Bundle:
     """A randomly initialised model whose sizes come from ModelConfig."""
@@ -126,7 +121,6 @@ def build_tiny(mcfg, tokenizer) -> Bundle:
     model.generation_config.bos_token_id = None
     return Bundle(model, tokenizer, image_processor)
 
-
 def attn_implementation(mcfg) -> str:
     """model.attn_implementation, checked: flash_attention_2 needs the flash-attn package."""
     import importlib.util
@@ -138,13 +132,11 @@ def attn_implementation(mcfg) -> str:
                          "(pip install flash-attn, CUDA only); sdpa needs nothing")
     return impl
 
-
 def dtype_of(name: str, key: str) -> torch.dtype:
     dtype = getattr(torch, name, None)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise ValueError(f"{key}={name!r}: not a floating-point torch dtype (float32, bfloat16, float16)")
     return dtype
-
 
 def load(path: str, mcfg) -> Bundle:
     """Any Hugging Face checkpoint (local dir or hub id), text or vision-language."""
@@ -174,7 +166,6 @@ def load(path: str, mcfg) -> Bundle:
     source = config.dtype if isinstance(config.dtype, torch.dtype) else torch.float32  # config.json's dtype
     return Bundle(model, tokenizer, image_processor, source)
 
-
 def freeze_vision(model: torch.nn.Module) -> int:
     """Freeze the vision tower (DESIGN §7); returns the number of frozen parameters."""
     n = 0
@@ -183,7 +174,6 @@ def freeze_vision(model: torch.nn.Module) -> int:
             p.requires_grad_(False)
             n += p.numel()
     return n
-
 
 def set_pixels(processor, dcfg) -> None:
     """data.min_pixels / data.max_pixels (0 keeps the processor's own) as the Qwen2-VL processor's
@@ -194,7 +184,6 @@ def set_pixels(processor, dcfg) -> None:
         raise ValueError(f"data.min_pixels / data.max_pixels: the image bounds are {size.shortest_edge} > "
                          f"{size.longest_edge} pixels (0 keeps the processor's own)")
     processor.size = size
-
 
 def make(cfg, texts_fn=None) -> Bundle:
     """The policy for a run: cfg.init (or model.init) if set, else a tiny model from scratch with a
@@ -227,7 +216,6 @@ def make(cfg, texts_fn=None) -> Bundle:
         bundle.model.disable_input_require_grads()
     return bundle
 
-
 def export(bundle: Bundle, out: str) -> None:
     """save_pretrained for weights (safetensors), tokenizer + chat template and image processor.
     The weights are written in `bundle.export_dtype`: the checkpoint's own dtype (bf16 for Qwen's
@@ -246,7 +234,6 @@ def export(bundle: Bundle, out: str) -> None:
     if bundle.image_processor is not None:
         bundle.image_processor.save_pretrained(out)
 
-
 def _set_config_dtype(path: str, name: str) -> None:
     """save_pretrained names the dtype of the module's parameters (fp32 while training) in
     config.json; the file must name the dtype of the weights it was written beside, which is what
@@ -258,7 +245,6 @@ def _set_config_dtype(path: str, name: str) -> None:
     with open(path, "w") as f:
         json.dump(conf, f, indent=2, sort_keys=True)
         f.write("\n")
-
 
 def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
