@@ -46,7 +46,7 @@ from nanosafe.judges import load_judges
 def main(argv: list[str]) -> None:
     cfg = config.parse(argv, default_stage="m3a")
     run, G = setup(cfg), cfg.rollout.group_size
-    step, lam, device = run.step, run.lam, dist.device_of(run.policy.model)
+    step, lam = run.step, run.lam
     while step < cfg.optim.steps:
         clock = [time.time()]  # phase boundaries, for time/* metrics
         order = data.batch_order(len(run.prompts), step, cfg.rollout.prompts_per_step, cfg.seed)
@@ -54,12 +54,8 @@ def main(argv: list[str]) -> None:
         prompts = dist.local_slice([run.prompts[i] for i in order], parts=cfg.rl.mini_batches)
         outs = rollout.generate(run.policy, prompts, cfg.data, cfg.rollout, n=G, tool=run.tool)  # 1. generate
         clock.append(time.time())
-        rewards, vmetrics = run.score([o.sample for o in outs], [o.text for o in outs],  # 2. score
-                                      lam=lam if cfg.rl.fcr_penalty else None)
-        rewards = torch.tensor(rewards, dtype=torch.float32)  # [B * G]
-        lengths = torch.tensor([sum(o.mask) for o in outs], dtype=torch.float32)  # [B * G] policy tokens
-        good = torch.tensor([m["good"] > 0 for m in vmetrics], device=device)  # [B * G] CALE's good set
-        adv = run.advantages(rewards.to(device), G, lengths=lengths.to(device), good=good)  # 3. advantages [B * G]
+        # 2. score, 3. advantages: rewards, verifier metrics, lengths, advantages [B * G] each
+        rewards, vmetrics, lengths, adv = rlstep.score(run, outs, G, lam=lam if cfg.rl.fcr_penalty else None)
         clock.append(time.time())
         run.guard.check(step + 1, reward=rewards, adv=adv)  # a NaN reward makes its group's adv NaN
         stats = rlstep.update(run, outs, adv.float(), cfg, clock)  # 4. update (skipped if the guard marked the step)

@@ -58,6 +58,18 @@ def recipe(cfg, judges, device) -> dict:
                                max_new_tokens=cfg.rollout.max_new_tokens))
 
 
+def score(run: Run, outs: list[rollout.Rollout], G: int, lam: float | None = None):
+    """Steps 2 and 3: rewards [B * G] (+ verifier metrics), policy-written lengths [B * G] and the
+    group advantages [B * G]; `lam` (rung 4) gives fact lookups the search reward."""
+    rewards, vmetrics = run.score([o.sample for o in outs], [o.text for o in outs], lam=lam)
+    rewards = torch.tensor(rewards, dtype=torch.float32)  # [B * G]
+    lengths = torch.tensor([sum(o.mask) for o in outs], dtype=torch.float32)  # [B * G] tool results excluded
+    device = dist.device_of(run.policy.model)
+    good = torch.tensor([m["good"] > 0 for m in vmetrics], device=device)  # [B * G] CALE's good set
+    adv = run.advantages(rewards.to(device), G, lengths=lengths.to(device), good=good)  # [B * G]
+    return rewards, vmetrics, lengths, adv
+
+
 def update(run: Run, outs: list[rollout.Rollout], adv: torch.Tensor, cfg, clock: list | None = None) -> dict:
     """`rl.epochs` passes over `rl.mini_batches` optimiser steps, each accumulating micro-batches;
     returns the loss, the policy-loss metrics and the entropy, averaged over the updates. `clock`
