@@ -84,10 +84,9 @@ def trl_trainer(cfg, bundle, prompts, steps: int, hooks):
         return out
     trl_model.generate = timed_generate
 
-    def reward(prompts, completions, completion_ids, idx, **kw):
+    def reward(completions, completion_ids, idx, **kw):  # our scorer, on TRL's completions
         times[-1]["tokens"] = float(sum(len(c) for c in completion_ids))
-        rewards, _ = verifiers.score_batch([samples[i] for i in idx], [c[0]["content"] for c in completions])
-        return rewards
+        return verifiers.score_batch([samples[i] for i in idx], [c[0]["content"] for c in completions])[0]
 
     class Clock(TrainerCallback):
         def on_step_begin(self, a, state, control, **kw):
@@ -98,17 +97,19 @@ def trl_trainer(cfg, bundle, prompts, steps: int, hooks):
             times[-1]["step"] = time.time() - times[-1].pop("start")
             hooks.after(state.global_step - 1, trl_model)
 
-    samples = prompts
+    samples = prompts  # `prompts` is TRL's name for the reward function's first argument
     system = [{"role": "system", "content": cfg.data.system_prompt}] if cfg.data.system_prompt else []
     data = Dataset.from_list([{"prompt": system + [{"role": "user", "content": s["prompt"]}], "idx": i}
                               for i, s in enumerate(prompts)])
     o = cfg.optim
-    args = GRPOConfig(output_dir=tempfile.mkdtemp(prefix="stepbench-trl-"), per_device_train_batch_size=len(prompts) * r.group_size,
-                      gradient_accumulation_steps=1, num_generations=r.group_size, max_completion_length=r.max_new_tokens,
+    args = GRPOConfig(output_dir=tempfile.mkdtemp(prefix="stepbench-trl-"),
+                      per_device_train_batch_size=len(prompts) * r.group_size, gradient_accumulation_steps=1,
+                      num_generations=r.group_size, max_completion_length=r.max_new_tokens,
                       temperature=r.temperature, top_p=r.top_p, top_k=0, beta=0.0, learning_rate=o.lr,
-                      lr_scheduler_type="constant", weight_decay=o.weight_decay, adam_beta1=o.beta1, adam_beta2=o.beta2,
-                      max_grad_norm=o.grad_clip, max_steps=steps, bf16=False, gradient_checkpointing=False, use_cpu=True,
-                      report_to="none", save_strategy="no", logging_steps=10 ** 6, disable_tqdm=True, seed=cfg.seed)
+                      lr_scheduler_type="constant", weight_decay=o.weight_decay, adam_beta1=o.beta1,
+                      adam_beta2=o.beta2, max_grad_norm=o.grad_clip, max_steps=steps, bf16=False,
+                      gradient_checkpointing=False, use_cpu=True, report_to="none", save_strategy="no",
+                      logging_steps=10 ** 6, disable_tqdm=True, seed=cfg.seed)
     trainer = GRPOTrainer(model=trl_model, reward_funcs=[reward], args=args, train_dataset=data,
                           processing_class=bundle.tokenizer, callbacks=[Clock()])
     return trainer, times
@@ -160,7 +161,8 @@ def table(ours: list[dict], trl: list[dict] | None) -> tuple[str, dict]:
         if any(c.strip() != "-" for c in cells):
             lines.append(f"{name:<26}" + "".join(cells))
     if trl:
-        lines.append(f"ours / TRL: step time {med['ratio_step']:.2f}, time per generated token {med['ratio_per_token']:.2f}")
+        lines.append(f"ours / TRL: step time {med['ratio_step']:.2f}, "
+                     f"time per generated token {med['ratio_per_token']:.2f}")
     return "\n".join(lines), med
 
 
@@ -180,8 +182,7 @@ def main(argv=None) -> None:
     opt, sched = optim.make(bundle.model, cfg.optim, 10 ** 6)
     run = rlstep.Run(bundle, None, opt, sched, **rlstep.recipe(cfg, None, torch.device("cpu")))
     bench, trl = Interleave(run, cfg, prompts), None
-    use_trl = not args.no_trl
-    if use_trl:
+    if not args.no_trl:
         trainer, trl = trl_trainer(cfg, bundle, prompts, args.reps + 1, bench)
         trainer.train()
         trl = trl[1:]
@@ -189,9 +190,9 @@ def main(argv=None) -> None:
         for _ in range(args.reps + 1):
             bench.ours_step()
     text, med = table(bench.ours[1:], trl)
-    head = (f"hidden {args.hidden}, ffn {3 * args.hidden}, {cfg.model.num_layers} layers, vocab {len(bundle.tokenizer)}; "
-            f"{len(prompts)} prompts x {cfg.rollout.group_size}, <= {cfg.rollout.max_new_tokens} new tokens; "
-            f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    head = (f"hidden {args.hidden}, ffn {3 * args.hidden}, {cfg.model.num_layers} layers, "
+            f"vocab {len(bundle.tokenizer)}; {len(prompts)} prompts x {cfg.rollout.group_size}, "
+            f"<= {cfg.rollout.max_new_tokens} new tokens; torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(head + "\n" + text)
     versions = {"torch": torch.__version__}
     for name in ("transformers", "trl"):
