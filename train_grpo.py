@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
 import os
 import sys
 import time
@@ -38,59 +37,16 @@ from collections import defaultdict
 import torch
 
 import verifiers
-from kernels.advantage import group_advantages_triton
-from nanosafe import checkpoint, config, data, dist, log, model, nonfinite, optim, rl, rlbatch, rollout, runs, search, world
+from nanosafe import checkpoint, config, data, dist, log, model, nonfinite, optim, rl, rollout, rlstep, runs, search, world
+from nanosafe.rlstep import Run
 from nanosafe.evaluate import evaluate
 from nanosafe.judges import load_judges
-
-
-@dataclasses.dataclass
-class Run:
-    """Everything a step needs besides the config, built once by `setup`."""
-    policy: model.Bundle
-    ref: model.Bundle | None  # frozen copy of the starting policy, only when rl.kl_coef > 0
-    opt: torch.optim.Optimizer
-    sched: object
-    score: callable  # verifiers.score_batch with the config's weights and c* bound
-    advantages: callable  # rl.group_advantages (or its Triton twin) with the config's norm and CALE
-    logprobs: callable  # rlbatch.response_logprobs at the sampling temperature
-    loss: callable  # rl.policy_loss with the config's algorithm, clips, drift, KL and aggregation
-    prompts: list[dict] = dataclasses.field(default_factory=list)
-    held: list[dict] = dataclasses.field(default_factory=list)
-    tool: search.SearchTool | None = None
-    judges: dict | None = None
-    logger: log.Logger | None = None
-    ckpt_dir: str = ""
-    out: runs.Run | None = None  # the out dir's lock and config.json
-    # skips a non-finite step, stops after optim.max_nonfinite of them (default: at the first)
-    guard: nonfinite.Guard = dataclasses.field(default_factory=lambda: nonfinite.Guard(0))
-    step: int = 0  # where the run resumes
-    lam: float = 0.0  # rung 4's Lagrange multiplier, saved in the checkpoint
-
-
-def recipe(cfg, judges, device) -> dict:
-    """The step's functions with their settings bound once from the config: score, advantages,
-    log-probs and loss (Run's fields of those names)."""
-    r, v = cfg.rl, cfg.verifiers
-    gpu = "triton" if device.type == "cuda" else "torch"  # what "auto" means
-    advantages = group_advantages_triton if (r.advantage_impl if r.advantage_impl != "auto" else gpu) == "triton" \
-        else rl.group_advantages
-    return dict(
-        score=functools.partial(verifiers.score_batch, weights=v.weights or None, judges=judges,
-                                format_weight=v.format_weight, c_star=v.confidence_threshold,
-                                rewards=v.rewards, recipes=v.recipes, mu=r.brier_coef, good_at=r.cale_tau),
-        advantages=functools.partial(advantages, norm=r.adv_norm, cale_beta=r.cale_beta),
-        logprobs=functools.partial(rlbatch.response_logprobs, temperature=cfg.rollout.temperature,
-                                   impl=r.logprob_impl if r.logprob_impl != "auto" else gpu),
-        loss=functools.partial(rl.policy_loss, algo=r.algo, clip_lo=r.clip_lo, clip_hi=r.clip_hi,
-                               drift_coef=r.drift_coef, kl_coef=r.kl_coef, agg=r.agg,
-                               max_new_tokens=cfg.rollout.max_new_tokens))
 
 
 def main(argv: list[str]) -> None:
     cfg = config.parse(argv, default_stage="m3a")
     run, G = setup(cfg), cfg.rollout.group_size
-    step, lam, device = run.step, run.lam, dist.device_of(run.policy.model)
+    step, lam = run.step, run.lam
     while step < cfg.optim.steps:
         clock = [time.time()]  # phase boundaries, for time/* metrics
         order = data.batch_order(len(run.prompts), step, cfg.rollout.prompts_per_step, cfg.seed)
@@ -98,15 +54,11 @@ def main(argv: list[str]) -> None:
         prompts = dist.local_slice([run.prompts[i] for i in order], parts=cfg.rl.mini_batches)
         outs = rollout.generate(run.policy, prompts, cfg.data, cfg.rollout, n=G, tool=run.tool)  # 1. generate
         clock.append(time.time())
-        rewards, vmetrics = run.score([o.sample for o in outs], [o.text for o in outs],  # 2. score
-                                      lam=lam if cfg.rl.fcr_penalty else None)
-        rewards = torch.tensor(rewards, dtype=torch.float32)  # [B * G]
-        lengths = torch.tensor([sum(o.mask) for o in outs], dtype=torch.float32)  # [B * G] policy tokens
-        good = torch.tensor([m["good"] > 0 for m in vmetrics], device=device)  # [B * G] CALE's good set
-        adv = run.advantages(rewards.to(device), G, lengths=lengths.to(device), good=good)  # 3. advantages [B * G]
+        # 2. score, 3. advantages: rewards, verifier metrics, lengths, advantages [B * G] each
+        rewards, vmetrics, lengths, adv = rlstep.score(run, outs, G, lam=lam if cfg.rl.fcr_penalty else None)
         clock.append(time.time())
         run.guard.check(step + 1, reward=rewards, adv=adv)  # a NaN reward makes its group's adv NaN
-        stats = update(run, outs, adv.float(), cfg)  # 4. update (skipped if the guard marked the step)
+        stats = rlstep.update(run, outs, adv.float(), cfg, clock)  # 4. update (skipped if the guard marked the step)
         clock.append(time.time())
         step += 1
         metrics, rows = step_metrics(outs, vmetrics, rewards, adv, lengths, G, clock)
@@ -124,43 +76,6 @@ def main(argv: list[str]) -> None:
     dist.close()
 
 
-def update(run: Run, outs: list[rollout.Rollout], adv: torch.Tensor, cfg) -> dict:
-    """`rl.epochs` passes over `rl.mini_batches` optimiser steps, each accumulating micro-batches;
-    returns the loss, the policy-loss metrics and the entropy, averaged over the updates."""
-    minis = rlbatch.prepare(outs, adv, cfg.rl.mini_batches, cfg.optim.micro_batch_size,
-                            run.policy.tokenizer.pad_token_id, dist.device_of(run.policy.model),
-                            run.logprobs, run.policy, run.ref)
-    stats, ratio_max, n_updates = defaultdict(float), 0.0, 0
-    for _ in range(cfg.rl.epochs):
-        for mini in minis:
-            # the loss is normalised by the whole optimiser step: every micro-batch, every rank
-            n_tokens, n_seqs = dist.all_reduce_sum(list(rl.step_counts([b.mask for b in mini])))
-            for b in mini:
-                logp, ent = run.logprobs(run.policy, b, entropy=True)  # [B, T_r] each
-                loss, m = run.loss(logp, b.old_logp, b.adv, b.mask, ref_logp=b.ref_logp,
-                                   n_tokens=n_tokens, n_seqs=n_seqs)
-                loss.backward()
-                # metrics are per-token means: weigh each micro-batch by its share of the step's tokens
-                share = float(b.mask.sum()) / max(n_tokens, 1)
-                stats["loss"] += loss.item()
-                stats["entropy"] += share * float((ent * b.mask).sum() / b.mask.sum().clamp(min=1))
-                for key, v in m.items():
-                    if key == "ratio_max":  # the step's largest ratio, whatever the micro-batch split
-                        ratio_max = max(ratio_max, float(v))
-                    else:
-                        stats[key] += share * float(v)
-            grad_norm = dist.clip_grad_norm_(run.policy.model, cfg.optim.grad_clip)
-            stats["grad_norm"] += grad_norm
-            run.guard.update(run.opt, grad_norm=grad_norm)  # opt.step() unless something is not finite
-            run.sched.step()
-            run.opt.zero_grad(set_to_none=True)
-            n_updates += 1
-    # each rank holds its token-weighted share of every stat; the grad norm is already global
-    shares = [k for k in stats if k != "grad_norm"]
-    stats.update(zip(shares, dist.all_reduce_sum([stats[k] for k in shares])))
-    return {**{k: v / n_updates for k, v in stats.items()}, "ratio_max": dist.all_reduce_max(ratio_max)}
-
-
 def step_metrics(outs, vmetrics, rewards, adv, lengths, G: int, clock: list[float]) -> tuple[dict, list[dict]]:
     """Every rank's responses -> the step's metrics (so they and lam cover the whole step, not
     this rank's share) and one row per response for samples.jsonl."""
@@ -168,13 +83,14 @@ def step_metrics(outs, vmetrics, rewards, adv, lengths, G: int, clock: list[floa
         [(dataclasses.replace(o, prompt=None), *rest)  # the encoded prompt (images) stays home
          for o, *rest in zip(outs, vmetrics, rewards.tolist(), adv.tolist(), lengths.tolist())]))
     rewards, lengths = torch.tensor(rewards), torch.tensor(lengths)  # [N] each, N = all responses
-    t0, t_gen, t_score, t_update = clock
+    t0, t_gen, t_score, t_logp, t_update = clock
     metrics = {"reward": float(rewards.mean()), "response_len": float(lengths.mean()),
                "truncated": sum(o.truncated for o in outs) / len(outs),
                "tool_calls": sum(o.tool_calls for o in outs) / len(outs),
                "bad_vision_tokens": sum(o.bad_tokens for o in outs),
                "zero_variance_groups": rl.zero_variance_groups(rewards, G),
-               "time/generate": t_gen - t0, "time/reward": t_score - t_gen, "time/update": t_update - t_score,
+               "time/generate": t_gen - t0, "time/reward": t_score - t_gen, "time/logprobs": t_logp - t_score,
+               "time/update": t_update - t_logp,
                "tokens_per_s": float(lengths.sum()) / max(t_gen - t0, 1e-9)}
     by_key = defaultdict(list)  # reward/<label> and verifier/<label>/<metric>
     for o, r, m in zip(outs, rewards.tolist(), vmetrics):
@@ -248,7 +164,7 @@ def setup(cfg) -> Run:
             print(f"resumed from {ckpt_dir} at step {step}")
     logger = log.Logger(cfg.io.out_dir, cfg.optim.steps, step, enabled=dist.is_main(), progress=cfg.io.progress,
                         report_to=cfg.io.report_to, run_config=dataclasses.asdict(cfg))
-    return Run(policy, ref, opt, sched, **recipe(cfg, judges, device), prompts=prompts, held=held, tool=tool,
+    return Run(policy, ref, opt, sched, **rlstep.recipe(cfg, judges, device), prompts=prompts, held=held, tool=tool,
                judges=judges, logger=logger, ckpt_dir=ckpt_dir, step=step, lam=lam, out=out,
                guard=nonfinite.Guard(cfg.optim.max_nonfinite, logger.print))
 

@@ -117,6 +117,9 @@ class RLConfig:
     cale_tau: float = 1.0  # CALE's good set: parsed, every recipe verifier scores >= this (DESIGN §4)
     epochs: int = 1
     mini_batches: int = 1
+    # auto: the on-policy mini-batch (the first of the first epoch) takes its old log-probs from the
+    # update's own forward, detached; recompute: a separate no-grad pass for every one (DESIGN §4)
+    old_logp: str = "auto"
     logprob_impl: str = "auto"  # auto | triton | torch | naive
     advantage_impl: str = "auto"  # auto | triton | torch
     # rung 4: R = y - lam * 1{wrong and p >= c*} - brier_coef * (p - y)^2 + format; dual ascent on lam
@@ -188,6 +191,7 @@ CHOICES = {
     "rl.algo": ("cpgd", "grpo"),
     "rl.agg": ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"),
     "rl.adv_norm": ("std", "none"),
+    "rl.old_logp": ("auto", "recompute"),
     "rl.logprob_impl": ("auto", "triton", "torch", "naive"),
     "rl.advantage_impl": ("auto", "triton", "torch"),
     "dist.backend": ("auto", "nccl", "gloo"),

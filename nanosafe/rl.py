@@ -63,8 +63,9 @@ Choices, where well-known implementations differ
   with at least one valid token, so that padding rows never count. With these global counts the
   sum of policy_loss over micro-batches equals the full-batch loss, gradient included.
 - PPO dual-clip and k3 clamping exist as options, off by default, so the exact estimators can be
-  compared with closed forms. On-policy steps still compute the ratio from the stored old
-  log-probs; nothing is short-circuited, so clip and drift always run.
+  compared with closed forms. The ratio is always computed, so clip and drift always run; on an
+  on-policy mini-batch old_logp may be logp.detach() (rl.old_logp=auto): the ratio is 1, the
+  gradient that of the recomputed old log-probs (DESIGN §4).
 - Metrics are 0-dim detached tensors (no host sync), means over this call's valid tokens.
 """
 import math

@@ -79,15 +79,17 @@ def split(n: int, mini_batches: int, micro: int) -> list[list[list[int]]]:
 
 @torch.no_grad()
 def prepare(outs: list[rollout.Rollout], adv: torch.Tensor, mini_batches: int, micro: int, pad_id: int,
-            device, logprobs, policy, ref=None) -> list[list[Batch]]:
+            device, logprobs, policy, ref=None, first_on_policy=False) -> list[list[Batch]]:
     """The step's responses as mini-batches of micro-batches, each with its old (and reference)
     log-probs computed now, before the first update changes the policy. `logprobs(bundle, batch)`
-    is response_logprobs with the temperature and implementation bound."""
+    is response_logprobs with the temperature and implementation bound. first_on_policy: the first
+    mini-batch's old_logp stays None; nothing has changed the policy before its update's forward,
+    which gives them (rl.old_logp=auto, DESIGN §4)."""
     out = []
-    for mini in split(len(outs), mini_batches, micro):
+    for k, mini in enumerate(split(len(outs), mini_batches, micro)):
         out.append([])
         for idx in mini:
             b = pack([outs[j] for j in idx], adv[idx], pad_id, device)
-            out[-1].append(replace(b, old_logp=logprobs(policy, b)[0],
+            out[-1].append(replace(b, old_logp=None if first_on_policy and k == 0 else logprobs(policy, b)[0],
                                    ref_logp=logprobs(ref, b)[0] if ref is not None else None))
     return out

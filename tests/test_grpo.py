@@ -9,7 +9,7 @@ import torch
 
 import train_grpo
 from conftest import TINY_ARGS, crash_then_resume
-from nanosafe import checkpoint, config, data, rl, rlbatch, rollout, world
+from nanosafe import checkpoint, config, data, rl, rlbatch, rlstep, rollout, world
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +45,8 @@ def test_update_with_images_matches_naive_logprob(tiny, impl):
         opt = torch.optim.SGD([p for p in b.model.parameters() if p.requires_grad], lr=1.0)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
         cfg.rl.logprob_impl = which
-        run = train_grpo.Run(b, None, opt, sched, **train_grpo.recipe(cfg, None, torch.device("cpu")))
-        stats = train_grpo.update(run, outs, adv, cfg)
+        run = rlstep.Run(b, None, opt, sched, **rlstep.recipe(cfg, None, torch.device("cpu")))
+        stats = rlstep.update(run, outs, adv, cfg)
         assert all(torch.isfinite(torch.tensor(v)) for v in stats.values())
         params[which] = {k: p.detach().clone() for k, p in b.model.named_parameters() if p.requires_grad}
     moved = [k for k, p in bundle.model.named_parameters() if p.requires_grad
@@ -54,6 +54,41 @@ def test_update_with_images_matches_naive_logprob(tiny, impl):
     assert moved, "the RL step changed no parameter"
     for k in params["naive"]:
         torch.testing.assert_close(params[impl][k], params["naive"][k], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("mini_batches, epochs", [(1, 1), (2, 1), (1, 2)])
+def test_old_logp_auto_gives_the_recomputed_update(tiny, mini_batches, epochs):
+    """rl.old_logp=auto takes the on-policy mini-batch's old log-probs from the update's own
+    forward; the update (loss, metrics, parameters after SGD) is that of the separate pass, and
+    every mini-batch after an optimiser step still gets its old log-probs recomputed."""
+    cfg, paths, bundle = tiny
+    cfg = copy.deepcopy(cfg)
+    cfg.rollout.max_new_tokens, cfg.optim.micro_batch_size = 10, 2
+    cfg.rl.mini_batches, cfg.rl.epochs = mini_batches, epochs
+    outs = _rollouts(cfg, bundle, paths)
+    adv = torch.linspace(-1, 1, len(outs))
+    n_micro = [len(m) for m in rlbatch.split(len(outs), mini_batches, 2)]
+    params, stats, passes = {}, {}, {}
+    for mode in ("recompute", "auto"):
+        b = copy.deepcopy(bundle)
+        opt = torch.optim.SGD([p for p in b.model.parameters() if p.requires_grad], lr=1.0)  # moves = grads
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+        cfg.rl.old_logp = mode
+        run = rlstep.Run(b, None, opt, sched, **rlstep.recipe(cfg, None, torch.device("cpu")))
+        logprobs, passes[mode] = run.logprobs, []
+        run.logprobs = lambda bundle, batch, entropy=False: (passes[mode].append(entropy), logprobs(bundle, batch, entropy=entropy))[1]
+        stats[mode] = rlstep.update(run, outs, adv, cfg)
+        params[mode] = {k: p.detach().clone() for k, p in b.model.named_parameters() if p.requires_grad}
+    # the no-grad old log-prob passes: every micro-batch, or all but the first mini-batch's
+    assert passes["recompute"].count(False) == sum(n_micro)
+    assert passes["auto"].count(False) == sum(n_micro[1:])
+    assert passes["auto"].count(True) == passes["recompute"].count(True) == sum(n_micro) * epochs
+    if mini_batches * epochs > 1:  # the later updates are off-policy: a ratio stuck at 1 would show here
+        assert stats["recompute"]["clip_frac"] > 0
+    for key in stats["recompute"]:
+        assert stats["auto"][key] == pytest.approx(stats["recompute"][key], rel=1e-6, abs=1e-6), key
+    for k in params["recompute"]:
+        torch.testing.assert_close(params["auto"][k], params["recompute"][k], rtol=1e-6, atol=1e-6)
 
 
 def test_response_logprobs_match_full_forward(tiny):
