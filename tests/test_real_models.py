@@ -30,10 +30,12 @@ import eval as evaluation  # the script's main, in this process (it starts no pr
 import real_checkpoints
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# sizes only: the presets' other settings (RL algorithm, checkpointing, offload, rollout mode) stay
+# sizes only: the presets' other settings (RL algorithm, checkpointing, offload, rollout mode) stay;
+# min_pixels=0 is the processor's own floor (4 image tokens for the test image, not the presets' 256)
 SMALL = ["optim.steps=2", "optim.batch_size=2", "optim.micro_batch_size=1", "rollout.prompts_per_step=2",
          "rollout.group_size=2", "rollout.gen_batch_size=4", "rollout.max_new_tokens=6", "data.max_prompt_len=96",
-         "data.max_len=160", "io.progress=false", "io.eval_samples=1", "world.n_sft=8", "world.n_rl=8",
+         "data.max_len=160", "data.min_pixels=0", "io.progress=false", "io.eval_samples=1", "world.n_sft=8",
+         "world.n_rl=8",
          "world.n_heldout_per_family=1"]
 
 
