@@ -71,7 +71,7 @@ class DataConfig:
     max_len: int = 384  # prompt + response tokens for SFT
     system_prompt: str = ("Think step by step inside <think> </think>, then give the final "
                           "answer.")
-    labels: str = ""  # comma-separated label filter for RL prompts ("" = all)
+    labels: str = ""  # comma-separated label filter for RL prompts ("" = all, "-knowledge" = all but it)
     # image size bounds of the Qwen2-VL processor (aspect kept, sides multiples of 28); 0 = its own
     max_pixels: int = 0
     min_pixels: int = 0

@@ -207,13 +207,18 @@ def collate(items: list[dict], pad_id: int, left: bool = False) -> dict:
     return batch
 
 def filter_labels(samples: list[dict], labels: str, known=LABELS) -> tuple[list[dict], dict]:
-    """Keep the samples whose label is in the comma-separated `labels` ("" keeps all); returns the
-    kept samples and the count dropped per label, so deliberate filtering is reported. `known`:
-    the labels there are (verifiers.label_fields of the run's config)."""
+    """Keep the samples whose label is in the comma-separated `labels` ("" keeps all, "-knowledge"
+    keeps all but knowledge); returns the kept samples and the count dropped per label, so
+    deliberate filtering is reported. `known`: the labels there are (verifiers.label_fields of the
+    run's config)."""
     if not labels:
         return samples, {}
-    keep = set(labels.split(","))
-    bad = keep - set(known)
+    names = labels.split(",")
+    drop = {n[1:] for n in names if n.startswith("-")}
+    if drop and len(drop) != len(names):
+        raise DataError(f"data.labels={labels!r}: either labels to keep or -labels to drop, not both")
+    keep = set(known) - drop if drop else set(names)
+    bad = (drop or keep) - set(known)
     if bad:
         raise DataError(f"data.labels: unknown label(s) {sorted(bad)}; one of {sorted(known)}")
     dropped: dict[str, int] = {}

@@ -65,6 +65,13 @@ def test_filter_labels_counts_what_it_drops(tiny):
     assert {r["label"] for r in kept} <= {"general_rule", "knowledge"}
     with pytest.raises(DataError, match="unknown label"):
         data.filter_labels(rows, "general_rule,nonsense")
+    kept, dropped = data.filter_labels(rows, "-knowledge")
+    assert set(dropped) == {"knowledge"} and len(kept) + dropped["knowledge"] == len(rows)
+    assert "knowledge" not in {r["label"] for r in kept} and len({r["label"] for r in kept}) > 1
+    with pytest.raises(DataError, match="not both"):
+        data.filter_labels(rows, "-knowledge,safety")
+    with pytest.raises(DataError, match="unknown label"):
+        data.filter_labels(rows, "-nonsense")
 
 
 def test_loss_mask_prompt_image_and_tool_tokens(tiny):

@@ -13,7 +13,7 @@ from nanosafe import checkpoint, config, data, model
 def test_config_overrides_types_and_unknown_keys(tmp_path):
     cfg = config.parse(["optim.lr=0.5", "model.vision=false", f"out_dir={tmp_path}/x", "stage=m3a"])
     assert cfg.optim.lr == 0.5 and cfg.model.vision is False and cfg.io.out_dir == f"{tmp_path}/x"
-    assert cfg.data.labels == "general_rule,knowledge"  # the stage preset
+    assert cfg.data.labels == "general_rule"  # the stage preset
     with pytest.raises(KeyError, match=r"unknown config key 'optim.lrr'.*did you mean optim.lr"):
         config.parse(["optim.lrr=1"])
     with pytest.raises(ValueError, match=r"'optim.steps': expected int"):
