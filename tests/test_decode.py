@@ -10,16 +10,18 @@ from nanosafe import data, decode, rollout
 from nanosafe.model import Bundle
 from nanosafe.search import SearchTool
 
-def qwen2(vocab=101, seed=0, tie=True) -> Qwen2ForCausalLM:
+def qwen2(vocab=101, seed=0, tie=True, std=0.3) -> Qwen2ForCausalLM:
+    """A random 2-layer Qwen2; std=None keeps HF's init (std 0.02: near-uniform logits), 0.3 makes
+    the greedy choices clear-cut."""
     torch.manual_seed(seed)
     cfg = Qwen2Config(vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                       tie_word_embeddings=tie, rope_parameters={"rope_type": "default", "rope_theta": 1e4})
     model = Qwen2ForCausalLM(cfg).eval()
-    with torch.no_grad():  # HF's init (std 0.02) gives near-uniform logits; make the choices clear-cut
+    with torch.no_grad():
         for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.3)
+            if p.dim() == 2 and std is not None:
+                p.normal_(0, std)
     return model
 
 def prompts(lengths, vocab=101, pad=0, seed=1):
