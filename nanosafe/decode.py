@@ -7,21 +7,22 @@
 Why: on a small model Hugging Face's `generate` spends most of a decode step in Python (logits
 processors, stopping criteria, mask and cache bookkeeping, ~9 ms a step on one CPU core) and its
 DynamicCache grows by torch.cat every step. Here the prompt goes through the model's own forward
-once (left padded, the position ids `generate` gives: a row's real tokens count from 0), its keys
-and values are copied into fixed [B, kv_heads, T_max, head_dim] buffers, and each new token runs
-through the same weights in a functional Qwen2 layer (RMSNorm in fp32, RoPE from the model's own
-rotary module, grouped-query attention over the buffers, SwiGLU MLP), q/k/v and gate/up fused
-into one matmul each. The numbers are HF's to round-off (tests/test_decode.py: logits to 1e-5,
-greedy tokens identical to `generate`).
+once (left padded, with the position ids `generate` gives: a row's real tokens count from 0; a
+prompt's n equal rows run once), its keys and values are copied into fixed [B, kv_heads, T_max,
+head_dim] buffers, and each new token runs through the same weights in a functional Qwen2 layer
+(RMSNorm in fp32, RoPE from the model's own rotary module, grouped-query attention over the
+buffers, SwiGLU MLP), q/k/v and gate/up fused into one matmul each. The numbers are HF's to
+round-off (tests/test_decode.py: logits to 1e-5, greedy tokens identical to `generate`).
 
 Sampling is `generate`'s with do_sample, temperature, top_p and top_k=0 (or greedy): logits in
 fp32 divided by the temperature, HF's top-p rule (drop the tokens whose ascending cumulative
 probability is <= 1 - top_p, the most likely always kept), one draw per row from the resulting
 probabilities (`draw`: the inverse CDF, where `generate` calls torch.multinomial). A row that emits
-a stop id is finished and gets `pad` from then on; the loop ends when every row has stopped or
-after max_new_tokens. Other generation settings (repetition penalty, top_k, stop
-strings) are not implemented: rollout.py falls back to `generate` for stop strings, VL models,
-FSDP-sharded policies and any architecture `supported` refuses."""
+a stop id is finished and gets `pad` from then on (finished rows leave the batch); the loop ends
+when every row has stopped or after max_new_tokens. Other generation settings (repetition
+penalty, top_k, stop strings) are not implemented: rollout.py falls back to `generate` for stop
+strings, VL models (Qwen2.5-VL), FSDP-sharded policies (their lockstep forward passes) and any
+architecture `supported` refuses."""
 from __future__ import annotations
 
 import torch
@@ -60,8 +61,8 @@ def pick(logits: torch.Tensor, greedy: bool, temperature: float, top_p: float, u
     return draw(logits.softmax(-1), u)
 
 def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    h = x.float()
-    return weight * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+    """Qwen2RMSNorm (normalised in fp32, scaled in the model's dtype) in one fused op."""
+    return weight * F.rms_norm(x.float(), x.shape[-1:], eps=eps).to(x.dtype)
 
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
@@ -85,17 +86,17 @@ class _Layer:
         self.v = self.w_o.new_zeros(B, kv, T_max, hd)
 
     def step(self, x, cos, sin, bias, t: int, H: int, KV: int):
-        """x [B, D], the token at cache slot t -> x [B, D] after this layer."""
+        """x [B, D], the token at cache slot t, bias [B KV, G, t + 1] the padding's -inf -> x [B, D]
+        after this layer."""
         B, hd = x.shape[0], self.k.shape[-1]
         qkv = torch.addmm(self.b_qkv, _rms(x, self.ln1, self.eps1), self.w_qkv).view(B, H + 2 * KV, hd)
-        q, k, v = qkv.split([H, KV, KV], 1)  # [B, H, hd], [B, KV, hd] x 2
-        self.k[:, :, t] = _rope(k, cos, sin)
-        self.v[:, :, t] = v
-        q = _rope(q, cos, sin).view(B, KV, H // KV, hd)  # [B, KV, G, hd] the G heads sharing a kv head
-        keys, values = self.k[:, :, :t + 1], self.v[:, :, :t + 1]  # [B, KV, t + 1, hd]
-        scores = torch.matmul(q, keys.transpose(-1, -2)) * self.scaling + bias[:, None, None, :t + 1]
-        attn = torch.matmul(scores.softmax(-1, dtype=torch.float32).to(q.dtype), values)  # [B, KV, G, hd]
-        x = x + attn.reshape(B, H * hd) @ self.w_o
+        qk = _rope(qkv[:, :H + KV], cos, sin)  # [B, H + KV, hd]
+        self.k[:, :, t], self.v[:, :, t] = qk[:, H:], qkv[:, H + KV:]
+        q = qk[:, :H].reshape(B * KV, H // KV, hd)  # [B KV, G, hd] the G heads sharing a kv head
+        keys, values = self.k[:, :, :t + 1].flatten(0, 1), self.v[:, :, :t + 1].flatten(0, 1)  # [B KV, t + 1, hd]
+        scores = torch.baddbmm(bias, q, keys.transpose(1, 2), alpha=self.scaling)  # [B KV, G, t + 1]
+        attn = torch.bmm(scores.softmax(-1, dtype=torch.float32).to(q.dtype), values)  # [B KV, G, hd]
+        x = x + attn.view(B, H * hd) @ self.w_o
         gate, up = (_rms(x, self.ln2, self.eps2) @ self.w_gu).chunk(2, -1)  # [B, F] each
         return x + (F.silu(gate) * up) @ self.w_down
 
@@ -109,12 +110,15 @@ class Decoder:
         c = model.config
         self.H, self.KV = c.num_attention_heads, c.num_key_value_heads
         pos = attention_mask.long().cumsum(-1) - 1  # [B, T0] what `generate` gives a left-padded row
-        out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos.clamp(min=0),
+        # the n samples of a prompt are n equal rows: the forward runs each distinct row once
+        rows, inverse = torch.unique(torch.cat([input_ids, attention_mask], 1), dim=0, return_inverse=True)
+        ids, mask = rows.split(self.t, 1)  # [U, T0] each
+        out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.long().cumsum(-1) - 1).clamp(min=0),
                     use_cache=True, logits_to_keep=1)
-        self.logits = out.logits[:, -1].float()  # [B, V]
+        self.logits = out.logits[inverse, -1].float()  # [B, V]
         self.layers = [_Layer(layer, B, self.t + max_new) for layer in model.model.layers]
         for layer, cached in zip(self.layers, out.cache.layers):
-            layer.k[:, :, :self.t], layer.v[:, :, :self.t] = cached.keys, cached.values
+            layer.k[:, :, :self.t], layer.v[:, :, :self.t] = cached.keys[inverse], cached.values[inverse]
         self.bias = torch.zeros(B, self.t + max_new, device=input_ids.device)  # [B, T_max] 0, or -inf on padding
         self.bias[:, :self.t].masked_fill_(attention_mask == 0, float("-inf"))
         self.pos = pos[:, -1:] + 1  # [B, 1] the next token's position
@@ -126,8 +130,10 @@ class Decoder:
         """tok [B] -> logits [B, V] (fp32) for the token after it."""
         x = self.embed[tok]  # [B, D]
         cos, sin = self.rotary(x, self.pos)  # [B, 1, hd] each, broadcast over the heads
+        B, G = len(tok), self.H // self.KV
+        bias = self.bias[:, None, None, :self.t + 1].expand(B, self.KV, G, self.t + 1).reshape(B * self.KV, G, -1)
         for layer in self.layers:
-            x = layer.step(x, cos, sin, self.bias, self.t, self.H, self.KV)
+            x = layer.step(x, cos, sin, bias, self.t, self.H, self.KV)
         self.t, self.pos = self.t + 1, self.pos + 1
         return (_rms(x, self.norm.weight, self.norm.variance_epsilon) @ self.head).float()
 

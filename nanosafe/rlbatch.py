@@ -93,8 +93,8 @@ def pack_shared(items: list[rollout.Rollout], adv: torch.Tensor, pad_id: int, de
         prompt_len.append(p)
     causal = torch.ones(T, T, dtype=torch.bool).tril()  # [T, T]
     attend = causal & ((seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None]))  # [R, T, T] query x key
-    if model.config._attn_implementation == "eager":  # an additive mask there
-        attend = torch.zeros(attend.shape).masked_fill(~attend, torch.finfo(torch.float32).min)
+    # additive: eager adds the mask to the scores, and sdpa would turn a boolean one into this in every layer
+    attend = torch.zeros(attend.shape).masked_fill(~attend, torch.finfo(torch.float32).min)  # [R, T, T]
     if "image_grid_thw" in collated:  # M-RoPE for the prompt's images; responses shift with the prompt
         idx = torch.arange(R)
         p = torch.tensor(prompt_len)

@@ -44,7 +44,8 @@ def test_step_logits_equal_hf_forward():
     """Teacher-forced decode steps give the logits of HF's forward over the whole sequence (fp32)."""
     model = qwen2(tie=False)
     ids, mask = prompts([7, 3, 5, 1, 6])
-    new = torch.randint(1, 101, (5, 9), generator=torch.Generator().manual_seed(2))  # [B, 9]
+    ids, mask = torch.cat([ids, ids[:2]]), torch.cat([mask, mask[:2]])  # two prompts twice: one prefill each
+    new = torch.randint(1, 101, (7, 9), generator=torch.Generator().manual_seed(2))  # [B, 9]
     full_mask = torch.cat([mask, torch.ones_like(new)], 1)
     pos = (full_mask.cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad():
