@@ -79,7 +79,8 @@ class _Layer:
         self.w_gu = torch.cat([m.gate_proj.weight, m.up_proj.weight]).T  # [D, 2 F]
         self.w_down = m.down_proj.weight.T  # [F, D]
         self.ln1, self.eps1 = layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon
-        self.ln2, self.eps2 = layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon
+        post = layer.post_attention_layernorm
+        self.ln2, self.eps2 = post.weight, post.variance_epsilon
         self.scaling = a.scaling
         kv, hd = a.config.num_key_value_heads, a.head_dim
         self.k = self.w_o.new_zeros(B, kv, T_max, hd)  # [B, KV, T_max, hd]
@@ -93,7 +94,8 @@ class _Layer:
         qk = _rope(qkv[:, :H + KV], cos, sin)  # [B, H + KV, hd]
         self.k[:, :, t], self.v[:, :, t] = qk[:, H:], qkv[:, H + KV:]
         q = qk[:, :H].reshape(B * KV, H // KV, hd)  # [B KV, G, hd] the G heads sharing a kv head
-        keys, values = self.k[:, :, :t + 1].flatten(0, 1), self.v[:, :, :t + 1].flatten(0, 1)  # [B KV, t + 1, hd]
+        keys = self.k[:, :, :t + 1].flatten(0, 1)  # [B KV, t + 1, hd]
+        values = self.v[:, :, :t + 1].flatten(0, 1)
         scores = torch.baddbmm(bias, q, keys.transpose(1, 2), alpha=self.scaling)  # [B KV, G, t + 1]
         attn = torch.bmm(scores.softmax(-1, dtype=torch.float32).to(q.dtype), values)  # [B KV, G, hd]
         x = x + attn.view(B, H * hd) @ self.w_o
@@ -113,13 +115,13 @@ class Decoder:
         # the n samples of a prompt are n equal rows: the forward runs each distinct row once
         rows, inverse = torch.unique(torch.cat([input_ids, attention_mask], 1), dim=0, return_inverse=True)
         ids, mask = rows.split(self.t, 1)  # [U, T0] each
-        out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.long().cumsum(-1) - 1).clamp(min=0),
-                    use_cache=True, logits_to_keep=1)
+        out = model(input_ids=ids, attention_mask=mask, use_cache=True, logits_to_keep=1,
+                    position_ids=(mask.long().cumsum(-1) - 1).clamp(min=0))
         self.logits = out.logits[inverse, -1].float()  # [B, V]
         self.layers = [_Layer(layer, B, self.t + max_new) for layer in model.model.layers]
         for layer, cached in zip(self.layers, out.cache.layers):
             layer.k[:, :, :self.t], layer.v[:, :, :self.t] = cached.keys[inverse], cached.values[inverse]
-        self.bias = torch.zeros(B, self.t + max_new, device=input_ids.device)  # [B, T_max] 0, or -inf on padding
+        self.bias = out.logits.new_zeros(B, self.t + max_new)  # [B, T_max] -inf on the prompts' padding
         self.bias[:, :self.t].masked_fill_(attention_mask == 0, float("-inf"))
         self.pos = pos[:, -1:] + 1  # [B, 1] the next token's position
         self.embed = model.get_input_embeddings().weight  # [V, D]
@@ -131,7 +133,7 @@ class Decoder:
         x = self.embed[tok]  # [B, D]
         cos, sin = self.rotary(x, self.pos)  # [B, 1, hd] each, broadcast over the heads
         B, G = len(tok), self.H // self.KV
-        bias = self.bias[:, None, None, :self.t + 1].expand(B, self.KV, G, self.t + 1).reshape(B * self.KV, G, -1)
+        bias = self.bias[:, None, None, :self.t + 1].expand(B, self.KV, G, -1).reshape(B * self.KV, G, -1)
         for layer in self.layers:
             x = layer.step(x, cos, sin, bias, self.t, self.H, self.KV)
         self.t, self.pos = self.t + 1, self.pos + 1

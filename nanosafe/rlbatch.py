@@ -8,7 +8,13 @@ tokens (kernels.logprob: the [N, V] logits are never built), and the split of on
 
 A mini-batch is what one optimiser step sees (`rl.mini_batches` updates per RL step whatever the
 memory); a micro-batch is what one forward pass holds, and its size changes nothing but memory,
-as the loss is normalised by the whole mini-batch's counts (rl.step_counts)."""
+as the loss is normalised by the whole mini-batch's counts (rl.step_counts).
+
+Two layouts of a micro-batch, the same log-probs and gradients (tests/test_rlbatch.py): `pack`,
+a row per rollout (prompt + response, right padded), and `pack_shared`, the default where the
+attention takes a custom mask: the G samples of a prompt share one copy of it, which halves the
+tokens of the update on the benchmark's step (a 61-token prompt, ~45-token responses; README,
+Speed)."""
 from __future__ import annotations
 
 import math
@@ -23,7 +29,8 @@ PER_ROW = 8  # rollouts sharing one copy of their prompt in pack_shared (README,
 
 @dataclass(frozen=True)
 class Batch:
-    """One micro-batch of responses, right padded: prompt + response per row."""
+    """One micro-batch of responses: prompt + response per row (`pack`), or a prompt and several
+    of its responses per row (`pack_shared`); right padded."""
     inputs: dict  # model inputs (data.MODEL_INPUTS present in the collated batch)
     targets: torch.Tensor  # [B, T_r] response token ids, data.IGNORE past each response's end
     mask: torch.Tensor  # [B, T_r] 1 = token written by the policy (tool results and padding are 0)
@@ -45,9 +52,9 @@ def _responses(items: list[rollout.Rollout], device) -> tuple[torch.Tensor, torc
 
 def _batch(collated: dict, items, adv, rows: list[int], cols: list[int], device, **inputs) -> Batch:
     inputs = {**{k: v for k, v in collated.items() if k in data.MODEL_INPUTS}, **inputs}
-    return Batch({k: v.to(device) if torch.is_tensor(v) else v for k, v in inputs.items()}, *_responses(items, device),
-                 torch.tensor(rows, dtype=torch.long, device=device), torch.tensor(cols, dtype=torch.long, device=device),
-                 adv.to(device))
+    inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in inputs.items()}
+    index = lambda xs: torch.tensor(xs, dtype=torch.long, device=device)  # noqa: E731
+    return Batch(inputs, *_responses(items, device), index(rows), index(cols), adv.to(device))
 
 def pack(items: list[rollout.Rollout], adv: torch.Tensor, pad_id: int, device=None) -> Batch:
     """Rollouts (and their advantages [B]) -> one Batch on `device`, a row per rollout."""
@@ -68,15 +75,16 @@ def pack_shared(items: list[rollout.Rollout], adv: torch.Tensor, pad_id: int, de
     """pack's Batch with each prompt computed once for up to `per_row` of its rollouts: a row is
     [prompt, response 1, ..., response k], a response attending to the prompt and to itself, its
     positions continuing the prompt's (M-RoPE's for a Qwen2.5-VL prompt with images). Same
-    log-probs and gradients as `pack` (tests/test_grpo.py), with a group's prompt tokens computed
-    once instead of k times; the attention grows with the row (k^2), hence the cap."""
+    log-probs and gradients as `pack`, with a group's prompt tokens computed once instead of k
+    times; the attention (dense on CPU whatever the mask) grows with the row as k^2, hence the cap."""
     runs = []  # consecutive rollouts of one prompt (rollout.generate's n samples share the dict)
     for r in items:
         if runs and runs[-1][0].prompt is r.prompt and len(runs[-1]) < per_row:
             runs[-1].append(r)
         else:
             runs.append([r])
-    collated = data.collate([data.with_response(g[0].prompt, [t for r in g for t in r.ids]) for g in runs], pad_id)
+    collated = data.collate([data.with_response(run[0].prompt, [t for r in run for t in r.ids]) for run in runs],
+                            pad_id)
     R, T = collated["input_ids"].shape
     seg = torch.full((R, T), -1)  # [R, T] 0: the prompt, j: response j, -1: padding
     pos = torch.zeros((R, T), dtype=torch.long)  # [R, T] text positions
@@ -96,11 +104,10 @@ def pack_shared(items: list[rollout.Rollout], adv: torch.Tensor, pad_id: int, de
     # additive: eager adds the mask to the scores, and sdpa would turn a boolean one into this in every layer
     attend = torch.zeros(attend.shape).masked_fill(~attend, torch.finfo(torch.float32).min)  # [R, T, T]
     if "image_grid_thw" in collated:  # M-RoPE for the prompt's images; responses shift with the prompt
-        idx = torch.arange(R)
-        p = torch.tensor(prompt_len)
-        pos3, _ = model.model.get_rope_index(collated["input_ids"], mm_token_type_ids=collated["mm_token_type_ids"],
+        pos3, _ = model.model.get_rope_index(collated["input_ids"], collated["mm_token_type_ids"],
                                              image_grid_thw=collated["image_grid_thw"], attention_mask=seg >= 0)
-        shift = pos3[0, idx, p - 1] + 1 - p  # [R] first response position minus the prompt length
+        p = torch.tensor(prompt_len)  # [R]
+        shift = pos3[0, torch.arange(R), p - 1] + 1 - p  # [R] a response's first position minus p
         pos = torch.where(seg > 0, pos + shift[:, None], pos3.to(pos.device))  # [3, R, T]
     return _batch(collated, items, adv, rows, cols, device, attention_mask=attend[:, None], position_ids=pos)
 

@@ -1,10 +1,12 @@
-"""Rollouts: n samples per prompt with Hugging Face `generate`, with the search tool in the loop.
+"""Rollouts: n samples per prompt, with the search tool in the loop.
 
     outs = generate(bundle, samples, cfg.data, cfg.rollout, n=8, tool=SearchTool(...))
     outs[i * 8 + g]     # sample i, draw g: .ids, .mask, .text, .tool_calls, .truncated
 
-Batched with left padding; sampling or greedy; stops at end of turn. Rung 4's tool use: generation
-also stops at `</search>`, the query runs on the local knowledge base and `<result>...</result>`
+Batched with left padding; sampling or greedy; stops at end of turn. A text Qwen2 samples through
+nanosafe/decode.py's lean loop, anything else (Qwen2.5-VL, an FSDP-sharded policy, a `</search>`
+of several tokens) through Hugging Face `generate`, from the same distribution. Rung 4's tool use:
+generation also stops at `</search>`, the query runs on the local knowledge base and `<result>...</result>`
 is appended with mask 0 (the policy did not write it: no loss), up to `max_tool_calls` calls; a
 response has `max_new_tokens` tokens in all. The trainer recomputes the old log-probs (generate's
 scores are post-processed by top-p). A sampled vision special token would crash the next training
