@@ -40,12 +40,9 @@ def hf_new(model, ids, mask, n, stops, pad, **kw):
                          pad_token_id=pad, repetition_penalty=1.0, **kw)
     return out[:, ids.shape[1]:]
 
-def test_step_logits_equal_hf_forward():
-    """Teacher-forced decode steps give the logits of HF's forward over the whole sequence (fp32)."""
-    model = qwen2(tie=False)
-    ids, mask = prompts([7, 3, 5, 1, 6])
-    ids, mask = torch.cat([ids, ids[:2]]), torch.cat([mask, mask[:2]])  # two prompts twice: one prefill each
-    new = torch.randint(1, 101, (7, 9), generator=torch.Generator().manual_seed(2))  # [B, 9]
+def assert_steps_equal_forward(model, ids, mask, new):
+    """Teacher-forced decode steps on new [B, n] give the logits of HF's forward over the whole
+    sequence (fp32, left-padded prompts ids / mask [B, T0])."""
     full_mask = torch.cat([mask, torch.ones_like(new)], 1)
     pos = (full_mask.cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad():
@@ -54,7 +51,14 @@ def test_step_logits_equal_hf_forward():
         got = [dec.logits] + [dec.step(new[:, i]) for i in range(new.shape[1])]
     T0 = ids.shape[1]
     for i, logits in enumerate(got):
-        torch.testing.assert_close(logits, ref[:, T0 - 1 + i], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(logits, ref[:, T0 - 1 + i].float(), atol=1e-5, rtol=1e-5)
+
+def test_step_logits_equal_hf_forward():
+    model = qwen2(tie=False)
+    ids, mask = prompts([7, 3, 5, 1, 6])
+    ids, mask = torch.cat([ids, ids[:2]]), torch.cat([mask, mask[:2]])  # two prompts twice: one prefill each
+    new = torch.randint(1, 101, (7, 9), generator=torch.Generator().manual_seed(2))  # [B, 9]
+    assert_steps_equal_forward(model, ids, mask, new)
 
 @pytest.mark.parametrize("lengths", [[5, 2, 8], [4, 4, 1, 6, 3, 7, 2]])
 def test_greedy_tokens_equal_generate(lengths):
@@ -138,3 +142,24 @@ def test_rollouts_equal_the_generate_path(tiny, monkeypatch):
     lean = runs[0]
     assert any(r.tool_calls for r in lean) and any(r.ended for r in lean) and any(r.truncated for r in lean)
     assert any(0 in r.mask for r in lean) and all(len(r.mask) == len(r.ids) <= 20 for r in lean)
+
+def test_qwen2_5_stand_in_equals_hf(tmp_path, tiny, monkeypatch):
+    """The published Qwen2.5-0.5B config (rope_theta 1e6, tied head, q/k/v biases, a
+    generation_config whose top_k and repetition penalty rollout overrides), shrunk: the decode
+    steps give HF's logits, and rollout.generate the same greedy rollouts as through generate."""
+    import real_checkpoints
+    from nanosafe import config, model
+    path = real_checkpoints.write(str(tmp_path / "qwen"), "Qwen/Qwen2.5-0.5B-Instruct")
+    bundle = model.load(path, config.parse(["model.dtype=float32"]).model)
+    assert decode.supported(bundle.model) and bundle.model.config.rope_parameters["rope_theta"] == 1e6
+    ids, mask = prompts([9, 4, 6], vocab=len(bundle.tokenizer), pad=bundle.tokenizer.pad_token_id)
+    new = torch.randint(0, len(bundle.tokenizer), (3, 8), generator=torch.Generator().manual_seed(4))
+    assert_steps_equal_forward(bundle.model, ids, mask, new)
+    rows = [r for r in data.read_jsonl(tiny[1]["heldout"]) if not r["images"]][:3]
+    rcfg = dataclasses.replace(tiny[0].rollout, max_new_tokens=16)
+    runs = []
+    for lean in (True, False):
+        monkeypatch.setattr(decode, "supported", lambda m, lean=lean: lean)
+        outs = rollout.generate(bundle, rows, tiny[0].data, rcfg, n=2, greedy=True)
+        runs.append([(r.ids, r.ended) for r in outs])
+    assert runs[0] == runs[1] and any(ids for ids, _ in runs[0])
