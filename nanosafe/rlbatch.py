@@ -8,7 +8,13 @@ tokens (kernels.logprob: the [N, V] logits are never built), and the split of on
 
 A mini-batch is what one optimiser step sees (`rl.mini_batches` updates per RL step whatever the
 memory); a micro-batch is what one forward pass holds, and its size changes nothing but memory,
-as the loss is normalised by the whole mini-batch's counts (rl.step_counts)."""
+as the loss is normalised by the whole mini-batch's counts (rl.step_counts).
+
+Two layouts of a micro-batch, the same log-probs and gradients (tests/test_rlbatch.py): `pack`,
+a row per rollout (prompt + response, right padded), and `pack_shared`, the default where the
+attention takes a custom mask: the G samples of a prompt share one copy of it, which halves the
+tokens of the update on the benchmark's step (a 61-token prompt, ~45-token responses; README,
+Speed)."""
 from __future__ import annotations
 
 import math
@@ -19,9 +25,12 @@ import torch
 from kernels.logprob import fused_logprob
 from nanosafe import data, rollout
 
+PER_ROW = 8  # rollouts sharing one copy of their prompt in pack_shared (README, Speed: 8 beat 2 and 4)
+
 @dataclass(frozen=True)
 class Batch:
-    """One micro-batch of responses, right padded: prompt + response per row."""
+    """One micro-batch of responses: prompt + response per row (`pack`), or a prompt and several
+    of its responses per row (`pack_shared`); right padded."""
     inputs: dict  # model inputs (data.MODEL_INPUTS present in the collated batch)
     targets: torch.Tensor  # [B, T_r] response token ids, data.IGNORE past each response's end
     mask: torch.Tensor  # [B, T_r] 1 = token written by the policy (tool results and padding are 0)
@@ -31,23 +40,76 @@ class Batch:
     old_logp: torch.Tensor | None = None  # [B, T_r] under the sampling policy, before any update
     ref_logp: torch.Tensor | None = None  # [B, T_r] under the frozen reference (rl.kl_coef > 0)
 
-def pack(items: list[rollout.Rollout], adv: torch.Tensor, pad_id: int, device=None) -> Batch:
-    """Rollouts (and their advantages [B]) -> one Batch on `device`."""
-    collated = data.collate([data.with_response(r.prompt, r.ids) for r in items], pad_id)
+def _responses(items: list[rollout.Rollout], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """targets [B, T_r] (data.IGNORE past each response) and mask [B, T_r] of the rollouts."""
     T_r = max(1, max(len(r.ids) for r in items))
     targets = torch.full((len(items), T_r), data.IGNORE, dtype=torch.long)  # [B, T_r]
     mask = torch.zeros((len(items), T_r))  # [B, T_r]
+    for i, r in enumerate(items):
+        targets[i, :len(r.ids)] = torch.tensor(r.ids, dtype=torch.long)
+        mask[i, :len(r.ids)] = torch.tensor(r.mask, dtype=torch.float32)
+    return targets.to(device), mask.to(device)
+
+def _batch(collated: dict, items, adv, rows: list[int], cols: list[int], device, **inputs) -> Batch:
+    inputs = {**{k: v for k, v in collated.items() if k in data.MODEL_INPUTS}, **inputs}
+    inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in inputs.items()}
+    index = lambda xs: torch.tensor(xs, dtype=torch.long, device=device)  # noqa: E731
+    return Batch(inputs, *_responses(items, device), index(rows), index(cols), adv.to(device))
+
+def pack(items: list[rollout.Rollout], adv: torch.Tensor, pad_id: int, device=None) -> Batch:
+    """Rollouts (and their advantages [B]) -> one Batch on `device`, a row per rollout."""
+    collated = data.collate([data.with_response(r.prompt, r.ids) for r in items], pad_id)
     rows, cols = [], []
     for i, r in enumerate(items):
         n, p = len(r.ids), len(r.prompt["input_ids"])
-        targets[i, :n] = torch.tensor(r.ids, dtype=torch.long)
-        mask[i, :n] = torch.tensor(r.mask, dtype=torch.float32)
         rows += [i] * n
         cols += list(range(p - 1, p - 1 + n))  # the hidden state at t predicts token t + 1
-    inputs = {k: v.to(device) if torch.is_tensor(v) else v
-              for k, v in collated.items() if k in data.MODEL_INPUTS}
-    return Batch(inputs, targets.to(device), mask.to(device), torch.tensor(rows, dtype=torch.long, device=device),
-                 torch.tensor(cols, dtype=torch.long, device=device), adv.to(device))
+    return _batch(collated, items, adv, rows, cols, device)
+
+def shares_prompts(model) -> bool:
+    """pack_shared needs an attention that takes a custom [B, 1, T, T] mask (not flash-attn's)."""
+    return model.config._attn_implementation in ("sdpa", "eager")
+
+def pack_shared(items: list[rollout.Rollout], adv: torch.Tensor, pad_id: int, device, model,
+                per_row: int = PER_ROW) -> Batch:
+    """pack's Batch with each prompt computed once for up to `per_row` of its rollouts: a row is
+    [prompt, response 1, ..., response k], a response attending to the prompt and to itself, its
+    positions continuing the prompt's (M-RoPE's for a Qwen2.5-VL prompt with images). Same
+    log-probs and gradients as `pack`, with a group's prompt tokens computed once instead of k
+    times; the attention (dense on CPU whatever the mask) grows with the row as k^2, hence the cap."""
+    runs = []  # consecutive rollouts of one prompt (rollout.generate's n samples share the dict)
+    for r in items:
+        if runs and runs[-1][0].prompt is r.prompt and len(runs[-1]) < per_row:
+            runs[-1].append(r)
+        else:
+            runs.append([r])
+    collated = data.collate([data.with_response(run[0].prompt, [t for r in run for t in r.ids]) for run in runs],
+                            pad_id)
+    R, T = collated["input_ids"].shape
+    seg = torch.full((R, T), -1)  # [R, T] 0: the prompt, j: response j, -1: padding
+    pos = torch.zeros((R, T), dtype=torch.long)  # [R, T] text positions
+    rows, cols, prompt_len = [], [], []
+    for g, run in enumerate(runs):
+        p = len(run[0].prompt["input_ids"])
+        seg[g, :p], pos[g, :p], at = 0, torch.arange(p), p
+        for j, r in enumerate(run, 1):
+            n = len(r.ids)
+            seg[g, at:at + n], pos[g, at:at + n] = j, torch.arange(p, p + n)
+            rows += [g] * n
+            cols += ([p - 1] + list(range(at, at + n - 1)))[:n]  # response j's own previous token
+            at += n
+        prompt_len.append(p)
+    causal = torch.ones(T, T, dtype=torch.bool).tril()  # [T, T]
+    attend = causal & ((seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None]))  # [R, T, T] query x key
+    # additive: eager adds the mask to the scores, and sdpa would turn a boolean one into this in every layer
+    attend = torch.zeros(attend.shape).masked_fill(~attend, torch.finfo(torch.float32).min)  # [R, T, T]
+    if "image_grid_thw" in collated:  # M-RoPE for the prompt's images; responses shift with the prompt
+        pos3, _ = model.model.get_rope_index(collated["input_ids"], collated["mm_token_type_ids"],
+                                             image_grid_thw=collated["image_grid_thw"], attention_mask=seg >= 0)
+        p = torch.tensor(prompt_len)  # [R]
+        shift = pos3[0, torch.arange(R), p - 1] + 1 - p  # [R] a response's first position minus p
+        pos = torch.where(seg > 0, pos + shift[:, None], pos3.to(pos.device))  # [3, R, T]
+    return _batch(collated, items, adv, rows, cols, device, attention_mask=attend[:, None], position_ids=pos)
 
 def response_logprobs(bundle, batch: Batch, temperature: float, impl: str, entropy: bool = False):
     """Per-token log p (and entropy, detached) of the response tokens -> [B, T_r] each, 0 off the
@@ -89,7 +151,8 @@ def prepare(outs: list[rollout.Rollout], adv: torch.Tensor, mini_batches: int, m
     for k, mini in enumerate(split(len(outs), mini_batches, micro)):
         out.append([])
         for idx in mini:
-            b = pack([outs[j] for j in idx], adv[idx], pad_id, device)
+            b = pack_shared([outs[j] for j in idx], adv[idx], pad_id, device, policy.model) \
+                if shares_prompts(policy.model) else pack([outs[j] for j in idx], adv[idx], pad_id, device)
             out[-1].append(replace(b, old_logp=None if first_on_policy and k == 0 else logprobs(policy, b)[0],
                                    ref_logp=logprobs(ref, b)[0] if ref is not None else None))
     return out

@@ -1,10 +1,12 @@
-"""Rollouts: n samples per prompt with Hugging Face `generate`, with the search tool in the loop.
+"""Rollouts: n samples per prompt, with the search tool in the loop.
 
     outs = generate(bundle, samples, cfg.data, cfg.rollout, n=8, tool=SearchTool(...))
     outs[i * 8 + g]     # sample i, draw g: .ids, .mask, .text, .tool_calls, .truncated
 
-Batched with left padding; sampling or greedy; stops at end of turn. Rung 4's tool use: generation
-also stops at `</search>`, the query runs on the local knowledge base and `<result>...</result>`
+Batched with left padding; sampling or greedy; stops at end of turn. A text Qwen2 samples through
+nanosafe/decode.py's lean loop, anything else (Qwen2.5-VL, an FSDP-sharded policy, a `</search>`
+of several tokens) through Hugging Face `generate`, from the same distribution. Rung 4's tool use:
+generation also stops at `</search>`, the query runs on the local knowledge base and `<result>...</result>`
 is appended with mask 0 (the policy did not write it: no loss), up to `max_tool_calls` calls; a
 response has `max_new_tokens` tokens in all. The trainer recomputes the old log-probs (generate's
 scores are post-processed by top-p). A sampled vision special token would crash the next training
@@ -16,7 +18,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from nanosafe import data, dist
+from nanosafe import data, decode, dist
 
 TAG = re.compile(r"<[^<>]*>")
 VISION_SPECIALS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
@@ -107,16 +109,23 @@ def _extend(model, tok, batch: list[Rollout], rcfg, greedy, special: _Special, l
     inputs = {k: v.to(device) for k, v in inputs.items()}
     budget = rcfg.max_new_tokens - min(len(r.ids) for r in batch)
     stops = [eos] + ([close] if close is not None else [])
-    # the checkpoint's generation_config may carry top_k / repetition_penalty; override them, or the
-    # samples would not come from the pi_old whose log-probs the trainer recomputes
-    kwargs = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=rcfg.temperature,
-                                                       top_p=rcfg.top_p, top_k=0)
-    kwargs["repetition_penalty"] = 1.0
-    if stop_strings:
-        kwargs.update(stop_strings=stop_strings, tokenizer=tok)
-    out = model.generate(**inputs, max_new_tokens=budget, eos_token_id=stops, pad_token_id=pad,
-                         synced_gpus=lockstep, **kwargs)
-    new = out[:, inputs["input_ids"].shape[1]:].tolist()  # [B, <=budget]
+    # a row also ends at what the loop below cuts at (pad, a vision special): nothing after it is kept
+    ends = stops + [pad, *sorted(special.bad_ids)]
+    if decode.supported(model) and not stop_strings and not lockstep:  # a text Qwen2: the lean loop
+        new = decode.sample(model, inputs["input_ids"], inputs["attention_mask"], budget, ends, pad, greedy,
+                            rcfg.temperature, rcfg.top_p)
+    else:
+        # the checkpoint's generation_config may carry top_k / repetition_penalty; override them, or the
+        # samples would not come from the pi_old whose log-probs the trainer recomputes
+        kwargs = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=rcfg.temperature,
+                                                           top_p=rcfg.top_p, top_k=0)
+        kwargs["repetition_penalty"] = 1.0
+        if stop_strings:
+            kwargs.update(stop_strings=stop_strings, tokenizer=tok)
+        out = model.generate(**inputs, max_new_tokens=budget, eos_token_id=ends, pad_token_id=pad,
+                             synced_gpus=lockstep, **kwargs)
+        new = out[:, inputs["input_ids"].shape[1]:]
+    new = new.tolist()  # [B, <=budget]
     for r, seq in zip(batch, new):
         room = rcfg.max_new_tokens - len(r.ids)
         for t in seq[:room]:

@@ -8,10 +8,12 @@ The work: a random-init text Qwen2 (4 layers, 4 heads / 2 kv, vocab 512; its BPE
 on a small tiny world), 8 prompts "What is A + B?" x 8 samples, <= 64 new tokens, T = 1, top-p 1,
 fp32, no KL, the m3a rung's reward (format + the arithmetic verifier), one optimiser step of one
 micro-batch, no search tool. Ours is train_grpo.py's step through the same library calls
-(rollout.generate, rlstep.score, rlstep.update). With `trl` installed (pip install .[bench]),
-TRL's GRPOTrainer runs on a copy of the same weights, tokenizer, prompts, reward and sampling
-(num_generations=8, max_completion_length=64, beta=0, fp32, no gradient checkpointing, one step
-per measurement). The two alternate (which goes first flips every rep), every rep starts both from
+(rollout.generate, rlstep.score, rlstep.update): on this text model rollouts go through
+nanosafe/decode.py's lean loop and the update through rlbatch.pack_shared's layout (a prompt
+once per 8 samples), the defaults; `rl.old_logp=auto` skips the old log-prob pass. With `trl`
+installed (pip install .[bench]), TRL's GRPOTrainer runs on a copy of the same weights,
+tokenizer, prompts, reward and sampling (num_generations=8, max_completion_length=64, beta=0,
+fp32, no gradient checkpointing, one step per measurement). The two alternate (which goes first flips every rep), every rep starts both from
 the same weights, a first rep warms up uncounted, and the table gives medians and ours / TRL."""
 from __future__ import annotations
 
