@@ -19,7 +19,8 @@ works on an export wherever a matching torchvision is installed.
 Training runs keep fp32 parameters (`make` refuses bf16 / fp16 ones: AdamW on them rounds most
 small updates away, and FSDP's bf16 compute keeps fp32 master shards anyway); `export` writes
 the checkpoint's own dtype back (bf16 for Qwen's releases) unless model.export_dtype says
-otherwise. `model.attn_implementation` picks the attention kernel (sdpa by default).
+otherwise. `model.attn_implementation` picks the attention kernel (sdpa by default: on the
+language model, nanosafe/attention.py's, which is sdpa outside the update's shared-prompt rows).
 
 `Bundle` carries (model, tokenizer, image_processor) so every script passes one thing around,
 and `export` writes all three with `save_pretrained` (safetensors) for any Hugging Face tool.
@@ -33,7 +34,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from nanosafe import dist
+from nanosafe import attention, dist
 
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
            "<|image_pad|>", "<|video_pad|>", "<think>", "</think>", "<search>", "</search>",
@@ -205,6 +206,7 @@ def make(cfg, texts_fn=None) -> Bundle:
                          "weights, and most updates round away. Use model.dtype=float32: under torchrun on GPUs "
                          "FSDP still computes in bf16 (dist.mixed_precision=bf16) with the fp32 shards as master "
                          "weights.")
+    attention.use(bundle.model)  # sdpa, with the update's prompt-shared rows computed block by block
     if cfg.model.export_dtype:
         bundle.export_dtype = dtype_of(cfg.model.export_dtype, "model.export_dtype")
     if cfg.model.gradient_checkpointing:

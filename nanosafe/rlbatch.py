@@ -11,10 +11,10 @@ memory); a micro-batch is what one forward pass holds, and its size changes noth
 as the loss is normalised by the whole mini-batch's counts (rl.step_counts).
 
 Two layouts of a micro-batch, the same log-probs and gradients (tests/test_rlbatch.py): `pack`,
-a row per rollout (prompt + response, right padded), and `pack_shared`, the default where the
-attention takes a custom mask: the G samples of a prompt share one copy of it, which halves the
-tokens of the update on the benchmark's step (a 61-token prompt, ~45-token responses; README,
-Speed)."""
+a row per rollout (prompt + response, right padded), and `pack_shared`, the default under the
+language model's attention nanosafe/attention.py (sdpa everywhere else): the G samples of a prompt
+share one copy of it, which halves the tokens of the update on the benchmark's step (a 61-token
+prompt, ~45-token responses; README, Speed), and the attention skips the blocks a query cannot see."""
 from __future__ import annotations
 
 import math
@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from kernels.logprob import fused_logprob
-from nanosafe import data, rollout
+from nanosafe import attention, data, rollout
 
 PER_ROW = 8  # rollouts sharing one copy of their prompt in pack_shared (README, Speed: 8 beat 2 and 4)
 
@@ -67,8 +67,8 @@ def pack(items: list[rollout.Rollout], adv: torch.Tensor, pad_id: int, device=No
     return _batch(collated, items, adv, rows, cols, device)
 
 def shares_prompts(model) -> bool:
-    """pack_shared needs an attention that takes a custom [B, 1, T, T] mask (not flash-attn's)."""
-    return model.config._attn_implementation in ("sdpa", "eager")
+    """pack_shared needs the prompt-shared attention (attention.use: the default, sdpa's stand-in)."""
+    return attention.active(model)
 
 def pack_shared(items: list[rollout.Rollout], adv: torch.Tensor, pad_id: int, device, model,
                 per_row: int = PER_ROW) -> Batch:
@@ -76,7 +76,7 @@ def pack_shared(items: list[rollout.Rollout], adv: torch.Tensor, pad_id: int, de
     [prompt, response 1, ..., response k], a response attending to the prompt and to itself, its
     positions continuing the prompt's (M-RoPE's for a Qwen2.5-VL prompt with images). Same
     log-probs and gradients as `pack`, with a group's prompt tokens computed once instead of k
-    times; the attention (dense on CPU whatever the mask) grows with the row as k^2, hence the cap."""
+    times; the attention computes a response's scores against the prompt and itself only."""
     runs = []  # consecutive rollouts of one prompt (rollout.generate's n samples share the dict)
     for r in items:
         if runs and runs[-1][0].prompt is r.prompt and len(runs[-1]) < per_row:
@@ -99,17 +99,14 @@ def pack_shared(items: list[rollout.Rollout], adv: torch.Tensor, pad_id: int, de
             cols += ([p - 1] + list(range(at, at + n - 1)))[:n]  # response j's own previous token
             at += n
         prompt_len.append(p)
-    causal = torch.ones(T, T, dtype=torch.bool).tril()  # [T, T]
-    attend = causal & ((seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None]))  # [R, T, T] query x key
-    # additive: eager adds the mask to the scores, and sdpa would turn a boolean one into this in every layer
-    attend = torch.zeros(attend.shape).masked_fill(~attend, torch.finfo(torch.float32).min)  # [R, T, T]
     if "image_grid_thw" in collated:  # M-RoPE for the prompt's images; responses shift with the prompt
         pos3, _ = model.model.get_rope_index(collated["input_ids"], collated["mm_token_type_ids"],
                                              image_grid_thw=collated["image_grid_thw"], attention_mask=seg >= 0)
         p = torch.tensor(prompt_len)  # [R]
         shift = pos3[0, torch.arange(R), p - 1] + 1 - p  # [R] a response's first position minus p
         pos = torch.where(seg > 0, pos + shift[:, None], pos3.to(pos.device))  # [3, R, T]
-    return _batch(collated, items, adv, rows, cols, device, attention_mask=attend[:, None], position_ids=pos)
+    return _batch(collated, items, adv, rows, cols, device, attention_mask=None, position_ids=pos,
+                  shared=attention.Shared.of(seg).to(device))
 
 def response_logprobs(bundle, batch: Batch, temperature: float, impl: str, entropy: bool = False):
     """Per-token log p (and entropy, detached) of the response tokens -> [B, T_r] each, 0 off the

@@ -77,6 +77,7 @@ def trl_trainer(cfg, bundle, prompts, steps: int, hooks):
     import verifiers
     r = cfg.rollout
     trl_model, times = copy.deepcopy(bundle.model), []
+    trl_model.set_attn_implementation("sdpa")  # Hugging Face's own, not nanosafe/attention.py's stand-in
     generate = trl_model.generate
 
     def timed_generate(*a, **kw):

@@ -4,7 +4,7 @@ import copy
 import pytest
 import torch
 
-from nanosafe import data, rlbatch, rollout
+from nanosafe import attention, data, rlbatch, rollout
 from nanosafe.model import Bundle
 
 
@@ -32,16 +32,18 @@ def _rollouts(bundle, samples, dcfg, lengths, seed=0):
         outs.append(r)
     return outs
 
-@pytest.mark.parametrize("vl, attn, per_row", [(True, "sdpa", 4), (True, "eager", 3), (False, "sdpa", 8)])
-def test_shared_prompts_give_the_padded_logprobs_and_gradients(tiny, vl, attn, per_row):
-    """pack_shared (each prompt once per row of rollouts, a custom mask, M-RoPE for images) gives
-    pack's log-probs and gradients in fp32, with empty responses and a group split over rows."""
+@pytest.mark.parametrize("vl, per_row", [(True, 4), (True, 3), (False, 8)])
+def test_shared_prompts_give_the_padded_logprobs_and_gradients(tiny, vl, per_row):
+    """pack_shared (each prompt once per row of rollouts, the prompt-shared attention, M-RoPE for
+    images) gives pack's log-probs and gradients in fp32, with empty responses and a group split
+    over rows."""
     cfg, paths, bundle = tiny
     bundle = copy.deepcopy(bundle)
     if not vl:  # the same tokenizer on a text Qwen2
         from test_decode import qwen2
         bundle = Bundle(qwen2(vocab=len(bundle.tokenizer), tie=False, std=None), bundle.tokenizer)
-    bundle.model.set_attn_implementation(attn)
+    attention.use(bundle.model)
+    assert rlbatch.shares_prompts(bundle.model)
     rows = data.read_jsonl(paths["heldout"])
     samples = [r for r in rows if r["images"]][:1] + [r for r in rows if not r["images"]][:2]
     if not vl:
