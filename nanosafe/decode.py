@@ -1,7 +1,7 @@
-"""Lean sampling for text Qwen2 models: HF's forward for the prompt, a compact decode loop after it.
+"""Lean sampling for Qwen2 and Qwen2.5-VL: HF's forward for the prompt, a compact decode loop after it.
 
     new = decode.sample(model, input_ids, attention_mask, max_new_tokens=64, stops=[eos], pad=pad,
-                        temperature=1.0, top_p=1.0)   # [B, <= 64] new tokens, pad after a stop
+                        temperature=1.0, top_p=1.0, vision=inputs)   # [B, <= 64], pad after a stop
     decode.supported(model)                            # else rollout.py calls model.generate
 
 Why: on a small model Hugging Face's `generate` spends most of a decode step in Python (logits
@@ -13,6 +13,10 @@ head_dim] buffers, and each new token runs through the same weights in a functio
 (RMSNorm in fp32, RoPE from the model's own rotary module, grouped-query attention over the
 buffers, SwiGLU MLP), q/k/v and gate/up fused into one matmul each. The numbers are HF's to
 round-off (tests/test_decode.py: logits to 1e-5, greedy tokens identical to `generate`).
+A Qwen2.5-VL's images go through that prefill (pixel_values, image_grid_thw; M-RoPE positions from
+the model's get_rope_index, as `generate` gives them; prompts with images are not deduplicated);
+after it a new token's three M-RoPE positions are equal, its text position plus the row's rope
+delta, so its rotary embedding is the text model's rotary module at that one position.
 
 Sampling is `generate`'s with do_sample, temperature, top_p and top_k=0 (or greedy): logits in
 fp32 divided by the temperature, HF's top-p rule (drop the tokens whose ascending cumulative
@@ -21,8 +25,8 @@ probabilities (`draw`: the inverse CDF, where `generate` calls torch.multinomial
 a stop id is finished and gets `pad` from then on (finished rows leave the batch); the loop ends
 when every row has stopped or after max_new_tokens. Other generation settings (repetition
 penalty, top_k, stop strings) are not implemented: rollout.py falls back to `generate` for stop
-strings, VL models (Qwen2.5-VL), FSDP-sharded policies (their lockstep forward passes) and any
-architecture `supported` refuses."""
+strings, FSDP-sharded policies (their lockstep forward passes) and any architecture `supported`
+refuses."""
 from __future__ import annotations
 
 import torch
@@ -30,10 +34,14 @@ import torch.nn.functional as F
 
 from nanosafe import dist
 
+ARCHITECTURES = ("Qwen2ForCausalLM", "Qwen2_5_VLForConditionalGeneration")
+
 def supported(model) -> bool:
-    """A plain (unsharded) Qwen2ForCausalLM with full attention, SiLU MLP and biased q/k/v."""
-    return (type(model).__name__ == "Qwen2ForCausalLM" and not dist.is_sharded(model)
-            and model.config.hidden_act == "silu" and not getattr(model.config, "use_sliding_window", False))
+    """A plain (unsharded) Qwen2 or Qwen2.5-VL with full attention, SiLU MLP and biased q/k/v."""
+    if type(model).__name__ not in ARCHITECTURES or dist.is_sharded(model):
+        return False
+    c = model.config.get_text_config()
+    return c.hidden_act == "silu" and not getattr(c, "use_sliding_window", False)
 
 def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     """logits [B, V] -> the same with -inf outside the top-p nucleus (HF's TopPLogitsWarper rule)."""
@@ -103,22 +111,34 @@ class _Layer:
         return x + (F.silu(gate) * up) @ self.w_down
 
 class Decoder:
-    """Left-padded prompts input_ids / attention_mask [B, T0] through the model's forward (`logits`
-    [B, V] then predict each row's first new token); `step(tok)` appends one token per row and
-    returns the next logits, for at most `max_new` steps."""
+    """Left-padded prompts input_ids / attention_mask [B, T0] (and a Qwen2.5-VL's `vision` inputs:
+    pixel_values, image_grid_thw, mm_token_type_ids) through the model's forward (`logits` [B, V]
+    then predict each row's first new token); `step(tok)` appends one token per row and returns the
+    next logits, for at most `max_new` steps."""
 
-    def __init__(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new: int):
+    def __init__(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new: int,
+                 vision: dict | None = None):
         B, self.t = input_ids.shape
-        c = model.config
+        c = model.config.get_text_config()
         self.H, self.KV = c.num_attention_heads, c.num_key_value_heads
         pos = attention_mask.long().cumsum(-1) - 1  # [B, T0] what `generate` gives a left-padded row
-        # the n samples of a prompt are n equal rows: the forward runs each distinct row once
-        rows, inverse = torch.unique(torch.cat([input_ids, attention_mask], 1), dim=0, return_inverse=True)
+        self.delta = torch.zeros(B, 1, dtype=torch.long, device=input_ids.device)  # [B, 1] M-RoPE's shift
+        if vision and "image_grid_thw" in vision:  # images: M-RoPE positions, every row (its images) once
+            rows, inverse = torch.cat([input_ids, attention_mask], 1), torch.arange(B, device=input_ids.device)
+            pos3, self.delta = model.model.get_rope_index(input_ids, vision["mm_token_type_ids"],
+                                                          image_grid_thw=vision["image_grid_thw"],
+                                                          attention_mask=attention_mask)  # [3, B, T0], [B, 1]
+        else:  # the n samples of a prompt are n equal rows: the forward runs each distinct row once
+            rows, inverse = torch.unique(torch.cat([input_ids, attention_mask], 1), dim=0, return_inverse=True)
+            vision, pos3 = {}, None
         ids, mask = rows.split(self.t, 1)  # [U, T0] each
         out = model(input_ids=ids, attention_mask=mask, use_cache=True, logits_to_keep=1,
-                    position_ids=(mask.long().cumsum(-1) - 1).clamp(min=0))
+                    position_ids=(mask.long().cumsum(-1) - 1).clamp(min=0) if pos3 is None else pos3,
+                    **{k: v for k, v in vision.items() if k in ("pixel_values", "image_grid_thw")})
         self.logits = out.logits[inverse, -1].float()  # [B, V]
-        self.layers = [_Layer(layer, B, self.t + max_new) for layer in model.model.layers]
+        # after the prompt a token's three M-RoPE positions are equal (its text position + delta): plain RoPE
+        lm = getattr(model.model, "language_model", model.model)
+        self.layers = [_Layer(layer, B, self.t + max_new) for layer in lm.layers]
         for layer, cached in zip(self.layers, out.cache.layers):
             layer.k[:, :, :self.t], layer.v[:, :, :self.t] = cached.keys[inverse], cached.values[inverse]
         self.bias = out.logits.new_zeros(B, self.t + max_new)  # [B, T_max] -inf on the prompts' padding
@@ -126,12 +146,12 @@ class Decoder:
         self.pos = pos[:, -1:] + 1  # [B, 1] the next token's position
         self.embed = model.get_input_embeddings().weight  # [V, D]
         self.head = model.get_output_embeddings().weight.T  # [D, V]
-        self.rotary, self.norm = model.model.rotary_emb, model.model.norm
+        self.rotary, self.norm = lm.rotary_emb, lm.norm
 
     def step(self, tok: torch.Tensor) -> torch.Tensor:
         """tok [B] -> logits [B, V] (fp32) for the token after it."""
         x = self.embed[tok]  # [B, D]
-        cos, sin = self.rotary(x, self.pos)  # [B, 1, hd] each, broadcast over the heads
+        cos, sin = self.rotary(x, self.pos + self.delta)  # [B, 1, hd] each, broadcast over the heads
         B, G = len(tok), self.H // self.KV
         bias = self.bias[:, None, None, :self.t + 1].expand(B, self.KV, G, -1).reshape(B * self.KV, G, -1)
         for layer in self.layers:
@@ -143,18 +163,19 @@ class Decoder:
         """Go on with rows idx [b] only."""
         for layer in self.layers:
             layer.k, layer.v = layer.k[idx], layer.v[idx]
-        self.bias, self.pos = self.bias[idx], self.pos[idx]
+        self.bias, self.pos, self.delta = self.bias[idx], self.pos[idx], self.delta[idx]
 
 @torch.no_grad()
 def sample(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
            stops: list[int], pad: int, greedy: bool = False, temperature: float = 1.0,
-           top_p: float = 1.0) -> torch.Tensor:
-    """Left-padded prompts input_ids / attention_mask [B, T0] -> new tokens [B, n], n <= max_new_tokens
+           top_p: float = 1.0, vision: dict | None = None) -> torch.Tensor:
+    """Left-padded prompts input_ids / attention_mask [B, T0] (with a Qwen2.5-VL's `vision` inputs,
+    Decoder's) -> new tokens [B, n], n <= max_new_tokens
     (n = the step at which the last row stopped), `pad` after each row's stop id. Finished rows
     leave the batch once they are a quarter of it; every step draws B uniforms whatever the rows
     left, so a seed gives the draws of `generate` with multinomial replaced by `draw`."""
     B, device = input_ids.shape[0], input_ids.device
-    dec = Decoder(model, input_ids, attention_mask, max_new_tokens)
+    dec = Decoder(model, input_ids, attention_mask, max_new_tokens, vision)
     logits, stops = dec.logits, torch.tensor(stops, device=device)
     new = torch.full((B, max_new_tokens), pad, dtype=torch.long, device=device)  # [B, max_new]
     rows = torch.arange(B, device=device)  # [b] the rows still in the batch

@@ -3,9 +3,10 @@
     outs = generate(bundle, samples, cfg.data, cfg.rollout, n=8, tool=SearchTool(...))
     outs[i * 8 + g]     # sample i, draw g: .ids, .mask, .text, .tool_calls, .truncated
 
-Batched with left padding; sampling or greedy; stops at end of turn. A text Qwen2 samples through
-nanosafe/decode.py's lean loop, anything else (Qwen2.5-VL, an FSDP-sharded policy, a `</search>`
-of several tokens) through Hugging Face `generate`, from the same distribution. Rung 4's tool use:
+Batched with left padding; sampling or greedy; stops at end of turn. A Qwen2 or Qwen2.5-VL samples
+through nanosafe/decode.py's lean loop (images in its prefill), anything else (an FSDP-sharded
+policy, a `</search>` of several tokens, another architecture) through Hugging Face `generate`,
+from the same distribution. Rung 4's tool use:
 generation also stops at `</search>`, the query runs on the local knowledge base and `<result>...</result>`
 is appended with mask 0 (the policy did not write it: no loss), up to `max_tool_calls` calls; a
 response has `max_new_tokens` tokens in all. The trainer recomputes the old log-probs (generate's
@@ -111,9 +112,9 @@ def _extend(model, tok, batch: list[Rollout], rcfg, greedy, special: _Special, l
     stops = [eos] + ([close] if close is not None else [])
     # a row also ends at what the loop below cuts at (pad, a vision special): nothing after it is kept
     ends = stops + [pad, *sorted(special.bad_ids)]
-    if decode.supported(model) and not stop_strings and not lockstep:  # a text Qwen2: the lean loop
+    if decode.supported(model) and not stop_strings and not lockstep:  # Qwen2 / Qwen2.5-VL: the lean loop
         new = decode.sample(model, inputs["input_ids"], inputs["attention_mask"], budget, ends, pad, greedy,
-                            rcfg.temperature, rcfg.top_p)
+                            rcfg.temperature, rcfg.top_p, vision=inputs)
     else:
         # the checkpoint's generation_config may carry top_k / repetition_penalty; override them, or the
         # samples would not come from the pi_old whose log-probs the trainer recomputes

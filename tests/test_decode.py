@@ -1,4 +1,5 @@
 """The lean decode path (nanosafe/decode.py) against Hugging Face's forward and generate."""
+import copy
 import dataclasses
 
 import pytest
@@ -108,8 +109,61 @@ def test_top_p_filter_is_hf_rule_and_draws_follow_it():
     assert decode.draw(torch.tensor([[0.0, 0.3, 0.0, 0.7, 0.0]]), torch.ones(1)).tolist() == [3]
 
 def test_supported_models(tiny):
-    assert decode.supported(qwen2())
-    assert not decode.supported(tiny[2].model)  # Qwen2.5-VL: generate
+    assert decode.supported(qwen2()) and decode.supported(tiny[2].model)  # Qwen2, Qwen2.5-VL
+    sliding = qwen2()
+    sliding.config.use_sliding_window = True
+    assert not decode.supported(sliding)  # generate
+
+def vl_bundle(tiny):
+    """The tiny Qwen2.5-VL with its language model's matrices redrawn at std 0.3 (clear-cut greedy
+    choices), and left-padded prompts with and without images (collated, with their vision inputs)."""
+    bundle = copy.deepcopy(tiny[2])
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in bundle.model.model.language_model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.3)
+    rows = data.read_jsonl(tiny[1]["heldout"])
+    rows = [r for r in rows if r["images"]][:2] + [r for r in rows if not r["images"]][:1]
+    return bundle, rows
+
+def test_vl_step_logits_and_greedy_tokens_equal_generate(tiny):
+    """A Qwen2.5-VL after HF's prefill (images, M-RoPE, left padding): each decode step's logits are
+    generate's to 1e-5 (teacher-forced on generate's tokens) and the greedy tokens are generate's."""
+    bundle, rows = vl_bundle(tiny)
+    model, tok = bundle.model, bundle.tokenizer
+    prompts_ = [data.encode_prompt(bundle, r, tiny[0].data) for r in rows]
+    inputs = data.collate(prompts_, tok.pad_token_id, left=True)
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    assert "image_grid_thw" in inputs and (mask == 0).any()
+    ref = model.generate(**inputs, max_new_tokens=10, do_sample=False, pad_token_id=tok.pad_token_id,
+                         eos_token_id=[data.end_of_turn_id(tok)], repetition_penalty=1.0,
+                         output_logits=True, return_dict_in_generate=True)
+    new = ref.sequences[:, ids.shape[1]:]  # [B, 10]
+    with torch.no_grad():
+        dec = decode.Decoder(model, ids, mask, new.shape[1], vision=inputs)
+        got = [dec.logits] + [dec.step(new[:, i]) for i in range(new.shape[1] - 1)]
+    for i, logits in enumerate(got):
+        torch.testing.assert_close(logits, ref.logits[i].float(), atol=1e-5, rtol=1e-5)
+    greedy = decode.sample(model, ids, mask, 10, [data.end_of_turn_id(tok)], tok.pad_token_id, greedy=True,
+                           vision=inputs)
+    assert torch.equal(greedy, new) and len(new.unique()) > 3
+
+def test_vl_rollouts_equal_the_generate_path(tiny, monkeypatch):
+    """rollout.generate on the Qwen2.5-VL through the lean path and through model.generate (its
+    multinomial replaced by decode.draw): the same sampled rollouts under the same seed."""
+    bundle, rows = vl_bundle(tiny)
+    monkeypatch.setattr(torch, "multinomial", lambda probs, num_samples: decode.draw(
+        probs, torch.rand(probs.shape[0]))[:, None])
+    rcfg = dataclasses.replace(tiny[0].rollout, max_new_tokens=12, gen_batch_size=5)
+    runs = []
+    for lean in (True, False):
+        monkeypatch.setattr(decode, "supported", lambda m, lean=lean: lean)
+        torch.manual_seed(5)
+        runs.append(rollout.generate(bundle, rows, tiny[0].data, rcfg, n=3))
+    fields = lambda r: (r.ids, r.mask, r.text, r.ended, r.bad_tokens)  # noqa: E731
+    assert [fields(r) for r in runs[0]] == [fields(r) for r in runs[1]]
+    assert len({tuple(r.ids) for r in runs[0]}) > 3
 
 def biased_text_bundle(tiny):
     """A text Qwen2 on the tiny tokenizer whose logits favour `</search>` and end of turn, so
