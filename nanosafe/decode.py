@@ -124,12 +124,14 @@ class Decoder:
         pos = attention_mask.long().cumsum(-1) - 1  # [B, T0] what `generate` gives a left-padded row
         self.delta = torch.zeros(B, 1, dtype=torch.long, device=input_ids.device)  # [B, 1] M-RoPE's shift
         if vision and "image_grid_thw" in vision:  # images: M-RoPE positions, every row (its images) once
-            rows, inverse = torch.cat([input_ids, attention_mask], 1), torch.arange(B, device=input_ids.device)
+            rows = torch.cat([input_ids, attention_mask], 1)
+            inverse = torch.arange(B, device=input_ids.device)
             pos3, self.delta = model.model.get_rope_index(input_ids, vision["mm_token_type_ids"],
                                                           image_grid_thw=vision["image_grid_thw"],
                                                           attention_mask=attention_mask)  # [3, B, T0], [B, 1]
         else:  # the n samples of a prompt are n equal rows: the forward runs each distinct row once
-            rows, inverse = torch.unique(torch.cat([input_ids, attention_mask], 1), dim=0, return_inverse=True)
+            rows, inverse = torch.unique(torch.cat([input_ids, attention_mask], 1), dim=0,
+                                         return_inverse=True)
             vision, pos3 = {}, None
         ids, mask = rows.split(self.t, 1)  # [U, T0] each
         out = model(input_ids=ids, attention_mask=mask, use_cache=True, logits_to_keep=1,

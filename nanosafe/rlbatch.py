@@ -29,8 +29,8 @@ PER_ROW = 8  # rollouts sharing one copy of their prompt in pack_shared (README,
 
 @dataclass(frozen=True)
 class Batch:
-    """One micro-batch of responses: prompt + response per row (`pack`), or a prompt and several
-    of its responses per row (`pack_shared`); right padded."""
+    """One micro-batch of responses: prompt + response per row, right padded (`pack`), or runs of a
+    prompt and several of its responses one after another in one row (`pack_shared`)."""
     inputs: dict  # model inputs (data.MODEL_INPUTS present in the collated batch)
     targets: torch.Tensor  # [B, T_r] response token ids, data.IGNORE past each response's end
     mask: torch.Tensor  # [B, T_r] 1 = token written by the policy (tool results and padding are 0)
@@ -72,11 +72,12 @@ def shares_prompts(model) -> bool:
 
 def pack_shared(items: list[rollout.Rollout], adv: torch.Tensor, pad_id: int, device, model,
                 per_row: int = PER_ROW) -> Batch:
-    """pack's Batch with each prompt computed once for up to `per_row` of its rollouts: a row is
+    """pack's Batch with each prompt computed once for up to `per_row` of its rollouts: a run is
     [prompt, response 1, ..., response k], a response attending to the prompt and to itself, its
-    positions continuing the prompt's (M-RoPE's for a Qwen2.5-VL prompt with images). Same
-    log-probs and gradients as `pack`, with a group's prompt tokens computed once instead of k
-    times; the attention computes a response's scores against the prompt and itself only."""
+    positions continuing the prompt's (M-RoPE's for a Qwen2.5-VL prompt with images), and the runs
+    follow each other in one row of L tokens, no padding (attention.Shared says who reads whom).
+    Same log-probs and gradients as `pack`, with a group's prompt tokens computed once instead of k
+    times and no score computed for a key a query cannot see."""
     runs = []  # consecutive rollouts of one prompt (rollout.generate's n samples share the dict)
     for r in items:
         if runs and runs[-1][0].prompt is r.prompt and len(runs[-1]) < per_row:
@@ -86,7 +87,7 @@ def pack_shared(items: list[rollout.Rollout], adv: torch.Tensor, pad_id: int, de
     collated = data.collate([data.with_response(run[0].prompt, [t for r in run for t in r.ids]) for run in runs],
                             pad_id)
     R, T = collated["input_ids"].shape
-    seg = torch.full((R, T), -1)  # [R, T] 0: the prompt, j: response j, -1: padding
+    seg = torch.full((R, T), -1)  # [R, T] per run: 0 the prompt, j response j, -1 padding
     pos = torch.zeros((R, T), dtype=torch.long)  # [R, T] text positions
     rows, cols, prompt_len = [], [], []
     for g, run in enumerate(runs):
@@ -105,8 +106,13 @@ def pack_shared(items: list[rollout.Rollout], adv: torch.Tensor, pad_id: int, de
         p = torch.tensor(prompt_len)  # [R]
         shift = pos3[0, torch.arange(R), p - 1] + 1 - p  # [R] a response's first position minus p
         pos = torch.where(seg > 0, pos + shift[:, None], pos3.to(pos.device))  # [3, R, T]
-    return _batch(collated, items, adv, rows, cols, device, attention_mask=None, position_ids=pos,
-                  shared=attention.Shared.of(seg).to(device))
+    # the model sees the rows one after another, padding dropped: [1, L]
+    real = seg >= 0  # [R, T]
+    start = real.sum(1).cumsum(0) - real.sum(1)  # [R] where each row begins
+    flat = {k: collated[k][real][None] for k in ("input_ids", "mm_token_type_ids") if k in collated}
+    return _batch(collated, items, adv, [0] * len(rows), (start[rows] + torch.tensor(cols)).tolist(), device,
+                  attention_mask=None, position_ids=pos[..., real][..., None, :],  # [1, L] or [3, 1, L]
+                  shared=attention.Shared.of(seg).to(device), **flat)
 
 def response_logprobs(bundle, batch: Batch, temperature: float, impl: str, entropy: bool = False):
     """Per-token log p (and entropy, detached) of the response tokens -> [B, T_r] each, 0 off the
