@@ -84,7 +84,7 @@ def test_old_logp_auto_gives_the_recomputed_update(tiny, mini_batches, epochs):
     assert passes["auto"].count(False) == sum(n_micro[1:])
     assert passes["auto"].count(True) == passes["recompute"].count(True) == sum(n_micro) * epochs
     if mini_batches * epochs > 1:  # the later updates are off-policy: a ratio stuck at 1 would show here
-        assert stats["recompute"]["clip_frac"] > 0
+        assert stats["recompute"]["ratio_max"] > 1.01
     for key in stats["recompute"]:
         assert stats["auto"][key] == pytest.approx(stats["recompute"][key], rel=1e-6, abs=1e-6), key
     for k in params["recompute"]:
