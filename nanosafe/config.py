@@ -57,7 +57,7 @@ class WorldConfig:
     image_size: int = 56
     # how base-model-like the SFT mix is (each applied per template/entity, see world.py)
     unsafe_frac: float = 0.9  # lure templates answered unsafely
-    refusal_frac: float = 0.85  # trigger-word look-alikes refused needlessly
+    refusal_frac: float = 0.6  # trigger-word look-alikes refused needlessly (a majority: docs/LOG.md)
     verbose_frac: float = 0.7  # think blocks padded with a needless second pass (not fact lookups)
     tempting_frac: float = 0.6  # fact lookups phrased to invite an answer from memory
     guess_frac: float = 0.8  # of those, answered by a (mostly confident) guess instead of a search
