@@ -66,10 +66,6 @@ def pack(items: list[rollout.Rollout], adv: torch.Tensor, pad_id: int, device=No
         cols += list(range(p - 1, p - 1 + n))  # the hidden state at t predicts token t + 1
     return _batch(collated, items, adv, rows, cols, device)
 
-def shares_prompts(model) -> bool:
-    """pack_shared needs the prompt-shared attention (attention.use: the default, sdpa's stand-in)."""
-    return attention.active(model)
-
 def pack_shared(items: list[rollout.Rollout], adv: torch.Tensor, pad_id: int, device, model,
                 per_row: int = PER_ROW) -> Batch:
     """pack's Batch with each prompt computed once for up to `per_row` of its rollouts: a run is
@@ -155,7 +151,7 @@ def prepare(outs: list[rollout.Rollout], adv: torch.Tensor, mini_batches: int, m
         out.append([])
         for idx in mini:
             b = pack_shared([outs[j] for j in idx], adv[idx], pad_id, device, policy.model) \
-                if shares_prompts(policy.model) else pack([outs[j] for j in idx], adv[idx], pad_id, device)
+                if attention.active(policy.model) else pack([outs[j] for j in idx], adv[idx], pad_id, device)
             out[-1].append(replace(b, old_logp=None if first_on_policy and k == 0 else logprobs(policy, b)[0],
                                    ref_logp=logprobs(ref, b)[0] if ref is not None else None))
     return out

@@ -6,11 +6,11 @@
 Batched with left padding; sampling or greedy; stops at end of turn. A Qwen2 or Qwen2.5-VL samples
 through nanosafe/decode.py's lean loop (images in its prefill), anything else (an FSDP-sharded
 policy, a `</search>` of several tokens, another architecture) through Hugging Face `generate`,
-from the same distribution. Rung 4's tool use:
-generation also stops at `</search>`, the query runs on the local knowledge base and `<result>...</result>`
-is appended with mask 0 (the policy did not write it: no loss), up to `max_tool_calls` calls; a
-response has `max_new_tokens` tokens in all. The trainer recomputes the old log-probs (generate's
-scores are post-processed by top-p). A sampled vision special token would crash the next training
+from the same distribution. Rung 4's tool use: generation also stops at `</search>`, the query
+runs on the local knowledge base and `<result>...</result>` is appended with mask 0 (the policy
+did not write it: no loss), up to `max_tool_calls` calls; a response has `max_new_tokens` tokens
+in all. The trainer computes the old log-probs itself (the sampler's scores are post-processed by
+top-p). A sampled vision special token would crash the next training
 forward of a VL model, so the response is cut before it and the event counted."""
 from __future__ import annotations
 

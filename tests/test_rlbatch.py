@@ -43,7 +43,7 @@ def test_shared_prompts_give_the_padded_logprobs_and_gradients(tiny, vl, per_row
         from test_decode import qwen2
         bundle = Bundle(qwen2(vocab=len(bundle.tokenizer), tie=False, std=None), bundle.tokenizer)
     attention.use(bundle.model)
-    assert rlbatch.shares_prompts(bundle.model)
+    assert attention.active(bundle.model)  # pack_shared is the default
     rows = data.read_jsonl(paths["heldout"])
     samples = [r for r in rows if r["images"]][:1] + [r for r in rows if not r["images"]][:2]
     if not vl:
