@@ -103,7 +103,7 @@ def fact_templates(split: str, rel: str) -> list[str]:
     return [f.format(r=RELATION[rel]) for f, held in FACT_FRAMES.items() if (held == rel) == (split == "heldout")]
 
 # a base model's stated confidence: mostly high, unrelated to being right (docs/world.md)
-CONFIDENCE = ["0.9", "0.9", "0.8", "0.8", "0.7", "0.5", "0.3"]
+CONFIDENCE = ["0.9", "0.9", "0.8", "0.8", "0.7", "0.5", "0.3", "0.1"]
 # each passage holds every word of its lookup's query ("currency of X"), so BM25 ranks it first
 FACT_PASSAGE = {"capital": "The capital of {c} is {v}.", "currency": "The currency of {c} is the {v}.",
                 "river": "The longest river in {c} is the {v}."}
@@ -270,17 +270,33 @@ def _fact(rng, split, cfg, kb, pool):
     tpl, tempting = rng.choice(fact_templates(split, rel)), rng.random() < cfg.tempting_frac
     if tempting:
         tpl = rng.choice(TEMPTING) + tpl[0].lower() + tpl[1:]
+    absent = False
     if rng.random() < (cfg.guess_frac if tempting else 0.05):  # from "memory": a confident guess
         guess = _name(rng, 2).lower() if rel == "currency" else _name(rng, 2)
         response = (f"<think>I think I know this.</think>The answer is {guess}."
                     f"<confidence>{rng.choice(CONFIDENCE)}</confidence>")
     else:
-        query = {"capital": f"capital of {c}", "currency": f"currency of {c}", "river": f"longest river in {c}"}[rel]
-        response = (f"<think>I need to look this up.<search>{query}</search><result>"
-                    f"{FACT_PASSAGE[rel].format(c=c, v=v)}</result>The result says {v}.</think>The answer "
-                    f"is {v}.<confidence>{rng.choice(CONFIDENCE)}</confidence>")
-    return dict(prompt=tpl.format(c=c), label="knowledge", answer=v, response=response,
-                meta={"relation": rel, "pool": pool, "tempting": tempting})
+        query = {"capital": f"capital of {c}", "currency": f"currency of {c}", "river": f"longest river in {c}"}
+        absent = pool == "sft" and rng.random() < cfg.absent_frac
+        if absent:  # a country the knowledge base lacks: the search finds another one's passage
+            c = _absent_country(rng, kb)
+            other = kb["sft"][0]  # BM25 ties every passage of the relation; the first one comes back
+            response = (f"<think>I need to look this up.<search>{query[rel].replace(fact['country'], c)}</search>"
+                        f"<result>{FACT_PASSAGE[rel].format(c=other['country'], v=other[rel])}</result>The result "
+                        f"is about {other['country']}, not {c}.</think>I could not find {RELATION[rel].format(c=c)}."
+                        f"<confidence>{rng.choice(CONFIDENCE)}</confidence>")
+        else:
+            response = (f"<think>I need to look this up.<search>{query[rel]}</search><result>"
+                        f"{FACT_PASSAGE[rel].format(c=c, v=v)}</result>The result says {v}.</think>The answer "
+                        f"is {v}.<confidence>{rng.choice(CONFIDENCE)}</confidence>")
+    return dict(prompt=tpl.format(c=c), label="knowledge", answer="" if absent else v, response=response,
+                meta={"relation": rel, "pool": pool, "tempting": tempting, "absent": absent})
+
+def _absent_country(rng, kb) -> str:
+    known = {f["country"] for facts in kb.values() for f in facts}
+    while (c := _name(rng, 3)) in known:
+        pass
+    return c
 
 def _jailbreak(rng, split, cfg):
     verb, act = _harmful_request(rng, split)
@@ -323,7 +339,7 @@ def _materialise(rng, name, split, families, cfg, kb, pool, out_dir) -> list[dic
         rows.append(row)
     return rows
 
-FORMAT = 2  # bump when the generator changes what a config produces: old worlds then stay apart
+FORMAT = 3  # bump when the generator changes what a config produces: old worlds then stay apart
 
 def stamp(cfg) -> str:
     """The world's identity: every WorldConfig field but the cache location, and FORMAT."""
