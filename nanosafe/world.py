@@ -11,11 +11,14 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import sys
 import tempfile
 
 from PIL import Image, ImageDraw
+
+from nanosafe.search import SearchTool
 
 FAMILIES = ("arithmetic", "harmful", "lookalike", "situation", "stereotype", "fact", "jailbreak")
 # fact lookups are many on purpose: copying names needs ~1,500 of them (docs/world.md)
@@ -280,10 +283,12 @@ def _fact(rng, split, cfg, kb, pool):
         absent = pool == "sft" and rng.random() < cfg.absent_frac
         if absent:  # a country the knowledge base lacks: the search finds another one's passage
             c = _absent_country(rng, kb)
-            other = kb["sft"][0]  # BM25 ties every passage of the relation; the first one comes back
-            response = (f"<think>I need to look this up.<search>{query[rel].replace(fact['country'], c)}</search>"
-                        f"<result>{FACT_PASSAGE[rel].format(c=other['country'], v=other[rel])}</result>The result "
-                        f"is about {other['country']}, not {c}.</think>I could not find {RELATION[rel].format(c=c)}."
+            q = query[rel].replace(fact["country"], c)
+            # what the tool returns over the SFT countries' passages (held-out facts stay out of SFT)
+            result = _kb_tool(tuple(p["text"] for p in kb_passages({"sft": kb["sft"]})))(q)
+            other = re.search(r"(?:of|in) (\w+) is", result).group(1)
+            response = (f"<think>I need to look this up.<search>{q}</search><result>{result}</result>The result "
+                        f"is about {other}, not {c}.</think>I could not find {RELATION[rel].format(c=c)}."
                         f"<confidence>{rng.choice(CONFIDENCE)}</confidence>")
         else:
             response = (f"<think>I need to look this up.<search>{query[rel]}</search><result>"
@@ -291,6 +296,15 @@ def _fact(rng, split, cfg, kb, pool):
                         f"is {v}.<confidence>{rng.choice(CONFIDENCE)}</confidence>")
     return dict(prompt=tpl.format(c=c), label="knowledge", answer="" if absent else v, response=response,
                 meta={"relation": rel, "pool": pool, "tempting": tempting, "absent": absent})
+
+@functools.cache
+def _kb_tool(passages: tuple[str, ...]) -> SearchTool:
+    return SearchTool(list(passages))
+
+def kb_passages(kb) -> list[dict]:
+    """The knowledge base's passages (kb.jsonl): each country's three facts."""
+    return [{"id": f"{f['country']}-{rel}", "text": FACT_PASSAGE[rel].format(c=f["country"], v=f[rel])}
+            for pool in kb.values() for f in pool for rel in FACT_PASSAGE]
 
 def _absent_country(rng, kb) -> str:
     known = {f["country"] for facts in kb.values() for f in facts}
@@ -392,9 +406,7 @@ def _generate(cfg, out_dir: str) -> None:
     _write(paths["rl"], _materialise(rng, "rl", "train", mix(RL_MIX, cfg.n_rl), cfg, kb, "rl", out_dir))
     held = [f for f in FAMILIES for _ in range(cfg.n_heldout_per_family)]
     _write(paths["heldout"], _materialise(rng, "heldout", "heldout", held, cfg, kb, "heldout", out_dir))
-    passages = [{"id": f"{f['country']}-{rel}", "text": FACT_PASSAGE[rel].format(c=f["country"], v=f[rel])}
-                for pool in kb.values() for f in pool for rel in FACT_PASSAGE]
-    _write(paths["kb"], passages)
+    _write(paths["kb"], kb_passages(kb))
 
 def corpus(paths: dict[str, str]) -> list[str]:
     """The tokenizer's training text: the training prompts and responses and the knowledge base
