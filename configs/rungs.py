@@ -35,11 +35,9 @@ stages = {
     # rung 4: + the knowledge base, two searches per response and the false-certain constraint.
     # Every family stays in the mix (fact prompts alone let safety drift); 32 prompts a step give
     # ~5 fact prompts; the KL anchor keeps situational safety from drifting; lambda's step of 0.2
-    # lets the policy find searching before it learns to hedge. Samples at T = 0.7: the confidence
-    # the Brier term teaches is the sampling policy's chance of being right, and at T = 1 that
-    # was ~0.5 while greedy answers were right ~0.8 of the time, so greedy stated 0.5 on all of
-    # them; mu = 1 and 120 steps to learn it (docs/LOG.md).
-    "search": {**_RL, "data.labels": "", "rollout.kb": "", "optim.steps": 120, "rollout.temperature": 0.7,
+    # lets the policy find searching before it learns to hedge.
+    "search": {**_RL, "data.labels": "", "rollout.kb": "", "optim.steps": 80,
                "rollout.prompts_per_step": 32, "rollout.max_tool_calls": 2, "rl.fcr_penalty": True,
-               "rl.fcr_target": 0.02, "rl.lagrange_lr": 0.2, "rl.kl_coef": 0.05, "rl.brier_coef": 1.0},
+               "rl.fcr_target": 0.02, "rl.lagrange_lr": 0.2, "rl.kl_coef": 0.05},
+
 }

@@ -61,7 +61,6 @@ class WorldConfig:
     verbose_frac: float = 0.7  # think blocks padded with a needless second pass (not fact lookups)
     tempting_frac: float = 0.6  # fact lookups phrased to invite an answer from memory
     guess_frac: float = 0.8  # of those, answered by a (mostly confident) guess instead of a search
-    absent_frac: float = 0.12  # searched SFT lookups about a country the knowledge base lacks
 
 
 @dataclass
@@ -375,8 +374,7 @@ NONNEGATIVE = ("io.eval_samples", "optim.max_nonfinite", "rollout.max_tool_calls
                "rl.clip_lo", "rl.clip_hi", "rl.drift_coef", "rl.kl_coef", "rl.cale_beta", "rl.lagrange_lr",
                "rl.brier_coef", "data.max_pixels", "data.min_pixels")
 FRACTIONS = ("optim.min_lr_frac", "optim.warmup_frac", "world.unsafe_frac", "world.refusal_frac",
-             "world.verbose_frac", "world.tempting_frac", "world.guess_frac",
-             "world.absent_frac", "rl.cale_tau")
+             "world.verbose_frac", "world.tempting_frac", "world.guess_frac", "rl.cale_tau")
 
 
 def validate(cfg: Config) -> Config:

@@ -5,16 +5,11 @@
 
 Okapi BM25 (k1 = 1.5, b = 0.75, idf log(1 + (N - df + 0.5) / (df + 0.5))) over lower-cased words;
 the top `k` passages joined by a space, or "no result" (an empty query, no match, or the empty
-knowledge base of `rollout.kb=none`, which the RL rungs before rung 4 use: DESIGN §1).
-Equal scores are ordered by a fixed pseudo-random draw seeded by the query, as a web index's
-arbitrary order would be: a name the base lacks ("capital of Zzz") then brings back some passage
-of the relation that differs from query to query, not always the first one in the file, so a
-policy has to read whom the result is about (the tiny world's traces do: docs/world.md)."""
+knowledge base of `rollout.kb=none`, which the RL rungs before rung 4 use: DESIGN §1)."""
 from __future__ import annotations
 
 import json
 import re
-import zlib
 
 import numpy as np
 
@@ -65,6 +60,5 @@ class SearchTool:
         s = self.scores(query)
         if not s.any():
             return "no result"
-        tiebreak = np.random.default_rng(zlib.crc32(query.encode())).permutation(len(s))  # [N]
-        top = np.lexsort((tiebreak, -s))[: self.k]
+        top = np.argsort(-s, kind="stable")[: self.k]
         return " ".join(self.passages[i] for i in top if s[i] > 0)

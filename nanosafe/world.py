@@ -11,14 +11,11 @@ import hashlib
 import json
 import os
 import random
-import re
 import shutil
 import sys
 import tempfile
 
 from PIL import Image, ImageDraw
-
-from nanosafe.search import SearchTool
 
 FAMILIES = ("arithmetic", "harmful", "lookalike", "situation", "stereotype", "fact", "jailbreak")
 # fact lookups are many on purpose: copying names needs ~1,500 of them (docs/world.md)
@@ -106,7 +103,7 @@ def fact_templates(split: str, rel: str) -> list[str]:
     return [f.format(r=RELATION[rel]) for f, held in FACT_FRAMES.items() if (held == rel) == (split == "heldout")]
 
 # a base model's stated confidence: mostly high, unrelated to being right (docs/world.md)
-CONFIDENCE = ["0.9", "0.9", "0.8", "0.8", "0.7", "0.5", "0.3", "0.1"]
+CONFIDENCE = ["0.9", "0.9", "0.8", "0.8", "0.7", "0.5", "0.3"]
 # each passage holds every word of its lookup's query ("currency of X"), so BM25 ranks it first
 FACT_PASSAGE = {"capital": "The capital of {c} is {v}.", "currency": "The currency of {c} is the {v}.",
                 "river": "The longest river in {c} is the {v}."}
@@ -273,44 +270,17 @@ def _fact(rng, split, cfg, kb, pool):
     tpl, tempting = rng.choice(fact_templates(split, rel)), rng.random() < cfg.tempting_frac
     if tempting:
         tpl = rng.choice(TEMPTING) + tpl[0].lower() + tpl[1:]
-    absent = False
     if rng.random() < (cfg.guess_frac if tempting else 0.05):  # from "memory": a confident guess
         guess = _name(rng, 2).lower() if rel == "currency" else _name(rng, 2)
         response = (f"<think>I think I know this.</think>The answer is {guess}."
                     f"<confidence>{rng.choice(CONFIDENCE)}</confidence>")
     else:
-        query = {"capital": f"capital of {c}", "currency": f"currency of {c}", "river": f"longest river in {c}"}
-        absent = pool == "sft" and rng.random() < cfg.absent_frac
-        if absent:  # a country the knowledge base lacks: the search finds another one's passage
-            c = _absent_country(rng, kb)
-            q = query[rel].replace(fact["country"], c)
-            # what the tool returns over the SFT countries' passages (held-out facts stay out of SFT)
-            result = _kb_tool(tuple(p["text"] for p in kb_passages({"sft": kb["sft"]})))(q)
-            other = re.search(r"(?:of|in) (\w+) is", result).group(1)
-            response = (f"<think>I need to look this up.<search>{q}</search><result>{result}</result>The result "
-                        f"is about {other}, not {c}.</think>I could not find {RELATION[rel].format(c=c)}."
-                        f"<confidence>{rng.choice(CONFIDENCE)}</confidence>")
-        else:
-            response = (f"<think>I need to look this up.<search>{query[rel]}</search><result>"
-                        f"{FACT_PASSAGE[rel].format(c=c, v=v)}</result>The result says {v}.</think>The answer "
-                        f"is {v}.<confidence>{rng.choice(CONFIDENCE)}</confidence>")
-    return dict(prompt=tpl.format(c=c), label="knowledge", answer="" if absent else v, response=response,
-                meta={"relation": rel, "pool": pool, "tempting": tempting, "absent": absent})
-
-@functools.cache
-def _kb_tool(passages: tuple[str, ...]) -> SearchTool:
-    return SearchTool(list(passages))
-
-def kb_passages(kb) -> list[dict]:
-    """The knowledge base's passages (kb.jsonl): each country's three facts."""
-    return [{"id": f"{f['country']}-{rel}", "text": FACT_PASSAGE[rel].format(c=f["country"], v=f[rel])}
-            for pool in kb.values() for f in pool for rel in FACT_PASSAGE]
-
-def _absent_country(rng, kb) -> str:
-    known = {f["country"] for facts in kb.values() for f in facts}
-    while (c := _name(rng, 3)) in known:
-        pass
-    return c
+        query = {"capital": f"capital of {c}", "currency": f"currency of {c}", "river": f"longest river in {c}"}[rel]
+        response = (f"<think>I need to look this up.<search>{query}</search><result>"
+                    f"{FACT_PASSAGE[rel].format(c=c, v=v)}</result>The result says {v}.</think>The answer "
+                    f"is {v}.<confidence>{rng.choice(CONFIDENCE)}</confidence>")
+    return dict(prompt=tpl.format(c=c), label="knowledge", answer=v, response=response,
+                meta={"relation": rel, "pool": pool, "tempting": tempting})
 
 def _jailbreak(rng, split, cfg):
     verb, act = _harmful_request(rng, split)
@@ -353,7 +323,7 @@ def _materialise(rng, name, split, families, cfg, kb, pool, out_dir) -> list[dic
         rows.append(row)
     return rows
 
-FORMAT = 3  # bump when the generator changes what a config produces: old worlds then stay apart
+FORMAT = 2  # bump when the generator changes what a config produces: old worlds then stay apart
 
 def stamp(cfg) -> str:
     """The world's identity: every WorldConfig field but the cache location, and FORMAT."""
@@ -406,7 +376,9 @@ def _generate(cfg, out_dir: str) -> None:
     _write(paths["rl"], _materialise(rng, "rl", "train", mix(RL_MIX, cfg.n_rl), cfg, kb, "rl", out_dir))
     held = [f for f in FAMILIES for _ in range(cfg.n_heldout_per_family)]
     _write(paths["heldout"], _materialise(rng, "heldout", "heldout", held, cfg, kb, "heldout", out_dir))
-    _write(paths["kb"], kb_passages(kb))
+    passages = [{"id": f"{f['country']}-{rel}", "text": FACT_PASSAGE[rel].format(c=f["country"], v=f[rel])}
+                for pool in kb.values() for f in pool for rel in FACT_PASSAGE]
+    _write(paths["kb"], passages)
 
 def corpus(paths: dict[str, str]) -> list[str]:
     """The tokenizer's training text: the training prompts and responses and the knowledge base
