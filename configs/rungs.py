@@ -39,5 +39,4 @@ stages = {
     "search": {**_RL, "data.labels": "", "rollout.kb": "", "optim.steps": 80,
                "rollout.prompts_per_step": 32, "rollout.max_tool_calls": 2, "rl.fcr_penalty": True,
                "rl.fcr_target": 0.02, "rl.lagrange_lr": 0.2, "rl.kl_coef": 0.05},
-
 }
