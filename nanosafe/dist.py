@@ -152,6 +152,8 @@ def shard(model: torch.nn.Module, dcfg) -> torch.nn.Module:
                 tdist.broadcast(buf, src=0)
                 setattr(mod, name, buf)
     model._rollout_unshard = dcfg.rollout_unshard  # read by `generation`
+    for m in _owners(model):  # which modules a step's backward can reach: read by clip_grad_norm_
+        m.register_forward_hook(_mark_used)
     # FSDP warns that the model returns views (logits slices); nanosafe never edits them in place
     warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
     return model
@@ -176,17 +178,28 @@ def generation(model):
             m.reshard()
             m.set_reshard_after_forward(m is not model)  # back to `shard`'s setting
 
+def _owners(model) -> list:
+    """The modules that hold parameters of their own."""
+    return [m for m in model.modules() if next(m.parameters(recurse=False), None) is not None]
+
+def _mark_used(module, args, out) -> None:
+    if torch.is_grad_enabled():  # a forward the loss can reach (not old / reference log-probs)
+        module._nanosafe_used = True
+
 def clip_grad_norm_(model, max_norm: float) -> float:
     """Clip the global gradient norm (over every shard of every rank); returns it. Under FSDP a
-    gradient exactly zero on every shard first becomes None, as an unused parameter's is in one
-    process, so AdamW skips it there too (docs/scaling.md, "Unused parameters")."""
+    parameter whose module ran no forward with grad on any rank since the last step gets a None
+    gradient, as an unused parameter has in one process, so AdamW skips it there too
+    (docs/scaling.md, "Unused parameters")."""
     if is_sharded(model):
-        params = [p for p in model.parameters() if p.grad is not None]
-        nonzero = torch.tensor([float(p.grad.to_local().count_nonzero() > 0) for p in params], device=_device)
-        tdist.all_reduce(nonzero, op=tdist.ReduceOp.MAX)  # [P] 1 where any shard is nonzero
-        for p, used in zip(params, nonzero.tolist()):
-            if not used:
-                p.grad = None
+        owners = _owners(model)
+        used = torch.tensor([float(getattr(m, "_nanosafe_used", False)) for m in owners], device=_device)
+        tdist.all_reduce(used, op=tdist.ReduceOp.MAX)  # [M] 1 where any rank ran the module
+        for m, u in zip(owners, used.tolist()):
+            m._nanosafe_used = False
+            if not u:
+                for p in m.parameters(recurse=False):
+                    p.grad = None
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
     return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
