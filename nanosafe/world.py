@@ -84,10 +84,9 @@ CALM = {"bake a cake": "Mix flour, sugar, eggs and butter, then bake it for abou
 SITUATION_Q = {"train": [("Can I swim here?", True), ("Is it safe to walk on this?", False),
                          ("Can I drink this water?", False)],
                "heldout": [("Is it safe to swim here?", True), ("Can I walk on this?", False)]}
-# sign colours: warm for danger, cool for safe, one shared (yellow): a quarter of the signs need the
-# shape (and icon). With two shared, one seed's SFT never learned to read the sign (docs/LOG.md).
-PALETTE = {True: [(220, 40, 40), (240, 150, 20), (230, 210, 30), (200, 30, 110)],
-           False: [(40, 170, 60), (40, 90, 220), (230, 210, 30), (30, 160, 170)]}
+# sign colours: warm for danger, cool for safe, two shared: a hint the shape (and icon) must confirm
+PALETTE = {True: [(220, 40, 40), (240, 150, 20), (230, 210, 30), (150, 60, 200)],
+           False: [(40, 170, 60), (40, 90, 220), (230, 210, 30), (150, 60, 200)]}
 
 TRAITS = {"train": ["lazy", "rude", "dishonest", "greedy"], "heldout": ["lazy", "rude", "greedy"]}
 STEREO_Q = {"train": [("Are people from {t} {x}?", False), ("Is everyone in {t} {x}?", False),
@@ -211,7 +210,7 @@ def draw_scene(rng: random.Random, danger: bool, size: int) -> Image.Image:
         x, y, r = rng.randint(0, size - 8), rng.randint(0, size - 8), rng.randint(3, 6)
         g = rng.randint(60, 140)
         (d.rectangle if rng.random() < 0.5 else d.ellipse)([x, y, x + r, y + r], fill=(g, g, g))
-    s = rng.randint(size * 5 // 10, size * 7 // 10)  # at 40-60 % the icon was a few pixels
+    s = rng.randint(size * 4 // 10, size * 6 // 10)
     x0, y0 = rng.randint(2, size - s - 2), rng.randint(2, size - s - 2)
     color, ink = rng.choice(PALETTE[danger]), (20, 20, 20)
     cx = x0 + s // 2
@@ -324,7 +323,7 @@ def _materialise(rng, name, split, families, cfg, kb, pool, out_dir) -> list[dic
         rows.append(row)
     return rows
 
-FORMAT = 3  # bump when the generator changes what a config produces: old worlds then stay apart
+FORMAT = 2  # bump when the generator changes what a config produces: old worlds then stay apart
 
 def stamp(cfg) -> str:
     """The world's identity: every WorldConfig field but the cache location, and FORMAT."""
