@@ -152,7 +152,9 @@ def shard(model: torch.nn.Module, dcfg) -> torch.nn.Module:
                 tdist.broadcast(buf, src=0)
                 setattr(mod, name, buf)
     model._rollout_unshard = dcfg.rollout_unshard  # read by `generation`
-    for m in _owners(model):  # which modules a step's backward can reach: read by clip_grad_norm_
+    # the modules holding parameters of their own, each marked when a step's loss can reach it
+    model._nanosafe_owners = [m for m in model.modules() if next(m.parameters(recurse=False), None) is not None]
+    for m in model._nanosafe_owners:
         m.register_forward_hook(_mark_used)
     # FSDP warns that the model returns views (logits slices); nanosafe never edits them in place
     warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
@@ -178,10 +180,6 @@ def generation(model):
             m.reshard()
             m.set_reshard_after_forward(m is not model)  # back to `shard`'s setting
 
-def _owners(model) -> list:
-    """The modules that hold parameters of their own."""
-    return [m for m in model.modules() if next(m.parameters(recurse=False), None) is not None]
-
 def _mark_used(module, args, out) -> None:
     if torch.is_grad_enabled():  # a forward the loss can reach (not old / reference log-probs)
         module._nanosafe_used = True
@@ -190,16 +188,18 @@ def clip_grad_norm_(model, max_norm: float) -> float:
     """Clip the global gradient norm (over every shard of every rank); returns it. Under FSDP a
     parameter whose module ran no forward with grad on any rank since the last step gets a None
     gradient, as an unused parameter has in one process, so AdamW skips it there too
-    (docs/scaling.md, "Unused parameters")."""
+    (docs/scaling.md, "Unused parameters"). A parameter shared by two modules (tied embedding and
+    LM head) is used when either ran."""
     if is_sharded(model):
-        owners = _owners(model)
+        owners = model._nanosafe_owners
         used = torch.tensor([float(getattr(m, "_nanosafe_used", False)) for m in owners], device=_device)
         tdist.all_reduce(used, op=tdist.ReduceOp.MAX)  # [M] 1 where any rank ran the module
-        for m, u in zip(owners, used.tolist()):
+        ran = {id(p) for m, u in zip(owners, used.tolist()) if u for p in m.parameters(recurse=False)}
+        for m in owners:
             m._nanosafe_used = False
-            if not u:
-                for p in m.parameters(recurse=False):
-                    p.grad = None
+        for p in model.parameters():
+            if id(p) not in ran:
+                p.grad = None
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
     return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
