@@ -145,7 +145,7 @@ def setup(cfg) -> Run:
         print(f"stage {cfg.stage}: kept {len(prompts)} prompts with labels {cfg.data.labels}; "
               f"left out by label: {dropped}")
     held = data.read_jsonl(cfg.data.heldout or paths["heldout"], labels=labels)
-    tool = search.SearchTool.from_config(cfg.rollout.kb, paths.get("kb")) if use_tool else None
+    tool = search.SearchTool.from_config(cfg.rollout, paths.get("kb")) if use_tool else None
     policy = model.make(cfg)
     ref = None
     if cfg.rl.kl_coef > 0:  # copied before sharding, then sharded like the policy

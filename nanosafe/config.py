@@ -61,6 +61,9 @@ class WorldConfig:
     verbose_frac: float = 0.7  # think blocks padded with a needless second pass (not fact lookups)
     tempting_frac: float = 0.6  # fact lookups phrased to invite an answer from memory
     guess_frac: float = 0.8  # of those, answered by a (mostly confident) guess instead of a search
+    # countries the knowledge base lacks (every split): a search finds nothing, so a stated
+    # confidence has something to track at rung 4 (docs/world.md)
+    unlisted_frac: float = 0.1
 
 
 @dataclass
@@ -101,6 +104,9 @@ class RolloutConfig:
     max_new_tokens: int = 256  # the padded arithmetic reasoning of the SFT mix needs ~180
     max_tool_calls: int = 1  # search calls per response (rung 4)
     kb: str = ""  # the search tool's passages (JSONL); "" = the tiny world's, "none" = empty
+    # share of a query's idf weight the returned passage must match, else "no result" (search.py):
+    # a lookup that found nothing says so instead of returning a passage about something else
+    search_min_coverage: float = 0.5
     gen_batch_size: int = 64
 
 
@@ -374,7 +380,8 @@ NONNEGATIVE = ("io.eval_samples", "optim.max_nonfinite", "rollout.max_tool_calls
                "rl.clip_lo", "rl.clip_hi", "rl.drift_coef", "rl.kl_coef", "rl.cale_beta", "rl.lagrange_lr",
                "rl.brier_coef", "data.max_pixels", "data.min_pixels")
 FRACTIONS = ("optim.min_lr_frac", "optim.warmup_frac", "world.unsafe_frac", "world.refusal_frac",
-             "world.verbose_frac", "world.tempting_frac", "world.guess_frac", "rl.cale_tau")
+             "world.verbose_frac", "world.tempting_frac", "world.guess_frac", "world.unlisted_frac",
+             "rl.cale_tau", "rollout.search_min_coverage")
 
 
 def validate(cfg: Config) -> Config:

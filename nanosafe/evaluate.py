@@ -175,7 +175,7 @@ def tiny_world(cfg) -> tuple[list[dict], search.SearchTool | None]:
     tool; the world is built only if one of its files is read."""
     paths = world.build(cfg.world, cfg.world.dir) if not (cfg.data.heldout and cfg.rollout.kb) else {}
     samples = data.read_jsonl(cfg.data.heldout or paths["heldout"], labels=verifiers.label_fields(cfg.verifiers))
-    return samples, search.SearchTool.from_config(cfg.rollout.kb, paths.get("kb"))
+    return samples, search.SearchTool.from_config(cfg.rollout, paths.get("kb"))
 
 def step_search_eval(bundle, samples: list[dict], cfg, k: int, tool=None, judges=None) -> tuple[dict, dict]:
     """The verifier-guided step search intervention, scored like greedy decoding."""

@@ -4,8 +4,13 @@
     kb("capital of Veldoria")  ->  "The capital of Veldoria is Marnoth."
 
 Okapi BM25 (k1 = 1.5, b = 0.75, idf log(1 + (N - df + 0.5) / (df + 0.5))) over lower-cased words;
-the top `k` passages joined by a space, or "no result" (an empty query, no match, or the empty
-knowledge base of `rollout.kb=none`, which the RL rungs before rung 4 use: DESIGN §1)."""
+the top `k` passages joined by a space, or "no result": an empty query, no passage that matches at
+least `min_coverage` of the query's idf weight (a word the index lacks counts at the idf of a word in
+no passage), or the empty knowledge base of `rollout.kb=none`, which the RL rungs before rung 4 use
+(DESIGN §1). The floor makes a failed lookup visible: without it "capital of Karivi" (a name
+miscopied, or a country the base lacks) returns the first passage with "capital of", about another
+country, and the answer copied from it looks like any other. Coverage, not a BM25 score, because it
+means the same on a 2-passage base and a million-passage one."""
 from __future__ import annotations
 
 import json
@@ -19,8 +24,9 @@ def words(text: str) -> list[str]:
     return WORD.findall(text.lower())
 
 class SearchTool:
-    def __init__(self, passages: list[str], k: int = 1, k1: float = 1.5, b: float = 0.75):
-        self.passages, self.k = passages, k
+    def __init__(self, passages: list[str], k: int = 1, k1: float = 1.5, b: float = 0.75,
+                 min_coverage: float = 0.0):
+        self.passages, self.k, self.min_coverage = passages, k, min_coverage
         docs = [words(p) for p in passages]
         vocab = sorted({w for d in docs for w in d})
         self.index = {w: i for i, w in enumerate(vocab)}
@@ -31,6 +37,7 @@ class SearchTool:
         length = tf.sum(1, keepdims=True)  # [N, 1]
         df = (tf > 0).sum(0)  # [W]
         idf = np.log1p((len(docs) - df + 0.5) / (df + 0.5))  # [W]
+        self.idf, self.idf_unseen, self.present = idf, np.log1p((len(docs) + 0.5) / 0.5), tf > 0
         # the per-(passage, word) BM25 weight, precomputed once: a query is a column sum
         avg = length.mean() if len(docs) else 1.0
         self.weight = idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * length / avg))  # [N, W]
@@ -48,17 +55,24 @@ class SearchTool:
         return cls(passages, **kw)
 
     @classmethod
-    def from_config(cls, kb: str, world_kb: str) -> "SearchTool":
-        """`rollout.kb`: a JSONL of passages, "" for the tiny world's (`world_kb`), "none" for empty."""
-        return cls([]) if kb == "none" else cls.from_jsonl(kb or world_kb)
+    def from_config(cls, rcfg, world_kb: str) -> "SearchTool":
+        """`rcfg.kb`: a JSONL of passages, "" for the tiny world's (`world_kb`), "none" for empty;
+        `rcfg.search_min_coverage`: the floor."""
+        if rcfg.kb == "none":
+            return cls([])
+        return cls.from_jsonl(rcfg.kb or world_kb, min_coverage=rcfg.search_min_coverage)
 
     def scores(self, query: str) -> np.ndarray:
         cols = [self.index[w] for w in set(words(query)) if w in self.index]
         return self.weight[:, cols].sum(1) if cols else np.zeros(len(self.passages))  # [N]
 
     def __call__(self, query: str) -> str:
-        s = self.scores(query)
+        s = self.scores(query)  # [N]
         if not s.any():
             return "no result"
+        q = set(words(query))
+        cols = [self.index[w] for w in q if w in self.index]
+        floor = self.min_coverage * (self.idf[cols].sum() + (len(q) - len(cols)) * self.idf_unseen)
         top = np.argsort(-s, kind="stable")[: self.k]
-        return " ".join(self.passages[i] for i in top if s[i] > 0)
+        hits = [self.passages[i] for i in top if s[i] > 0 and self.idf[cols][self.present[i, cols]].sum() >= floor]
+        return " ".join(hits) if hits else "no result"

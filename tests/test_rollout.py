@@ -3,6 +3,7 @@ import torch
 
 from nanosafe import data, rollout
 from nanosafe.model import Bundle
+from nanosafe.config import RolloutConfig
 from nanosafe.search import SearchTool
 
 
@@ -85,13 +86,34 @@ def test_bm25_ranks_the_matching_passage():
 
 def test_knowledge_base_config(tmp_path):
     """rollout.kb: "" is the world's passages, a path is the user's, "none" finds nothing (the RL
-    rungs before rung 4 search an empty base)."""
+    rungs before rung 4 search an empty base); rollout.search_min_coverage is the floor."""
     world_kb, user_kb = tmp_path / "world.jsonl", tmp_path / "user.jsonl"
     world_kb.write_text('{"id": "a", "text": "The capital of Zed is Qu."}\n')
     user_kb.write_text('{"id": "b", "text": "The capital of Yon is Po."}\n')
-    assert SearchTool.from_config("", str(world_kb))("capital of Zed") == "The capital of Zed is Qu."
-    assert SearchTool.from_config(str(user_kb), str(world_kb))("capital of Yon") == "The capital of Yon is Po."
-    assert SearchTool.from_config("none", str(world_kb))("capital of Zed") == "no result"
+    rcfg = RolloutConfig()
+    assert SearchTool.from_config(rcfg, str(world_kb))("capital of Zed") == "The capital of Zed is Qu."
+    assert SearchTool.from_config(rcfg, str(world_kb))("capital of Yon") == "no result"
+    rcfg.kb = str(user_kb)
+    assert SearchTool.from_config(rcfg, str(world_kb))("capital of Yon") == "The capital of Yon is Po."
+    rcfg.search_min_coverage = 0.0  # no floor: any shared word is a hit
+    assert SearchTool.from_config(rcfg, str(world_kb))("capital of Zed") == "The capital of Yon is Po."
+    rcfg.kb = "none"
+    assert SearchTool.from_config(rcfg, str(world_kb))("capital of Zed") == "no result"
+
+
+def test_a_lookup_that_matches_only_common_words_finds_nothing():
+    """The coverage floor: a query whose rare word is in no passage (a miscopied or unlisted name)
+    gets "no result", not the first passage that shares "capital of" with it; a query that
+    names its passage's country gets it, however many passages share the common words."""
+    passages = [f"The {rel} of {c} is {v}." for c, v in [("Veldoria", "Marnoth"), ("Ashgar", "Belru"),
+                                                          ("Tosmir", "Kalo")] for rel in ("capital", "currency")]
+    kb, loose = SearchTool(passages, min_coverage=0.5), SearchTool(passages)
+    assert kb("capital of Ashgar") == "The capital of Ashgar is Belru."
+    assert kb("capital of Ashgr") == "no result"  # one letter off: no passage names it
+    assert loose("capital of Ashgr") == "The capital of Veldoria is Marnoth."  # the silent wrong hit
+    assert kb("Ashgar") == "The capital of Ashgar is Belru."  # the rare word alone is most of the weight
+    assert kb("capital of") == loose("capital of") == "The capital of Veldoria is Marnoth."
+    assert kb("") == "no result"
 
 
 def test_image_tokens_get_3d_positions_in_generate_and_training(tiny):

@@ -6,7 +6,7 @@ import re
 from PIL import Image
 
 from nanosafe import world
-from nanosafe.config import WorldConfig
+from nanosafe.config import RolloutConfig, WorldConfig
 from nanosafe.search import SearchTool
 
 
@@ -157,10 +157,21 @@ def test_every_lookup_query_finds_its_passage(tmp_path):
     # over the whole knowledge base, must return exactly that passage, or RL on fact prompts
     # punishes a policy that searches right (a currency query once got the capital's passage)
     paths = world.build(WorldConfig(n_sft=1500, n_rl=10, n_heldout_per_family=2), str(tmp_path))
-    tool = SearchTool.from_jsonl(paths["kb"])
-    lookups = [re.search(r"<search>(.*?)</search><result>(.*?)</result>", r["response"])
-               for r in _read(paths["sft"]) if r["meta"]["family"] == "fact"]
+    # (an unlisted country's passage is "no result": the tool, with the configured floor, agrees)
+    tool = SearchTool.from_jsonl(paths["kb"], min_coverage=RolloutConfig().search_min_coverage)
+    facts = [r for r in _read(paths["sft"]) if r["meta"]["family"] == "fact"]
+    lookups = [re.search(r"<search>(.*?)</search><result>(.*?)</result>", r["response"]) for r in facts]
     lookups = [m.groups() for m in lookups if m]
     assert len({q.split(" of ")[0].split(" in ")[0] for q, _ in lookups}) == 3  # all three relations
+    assert 0 < sum(p == "no result" for _, p in lookups) < 0.2 * len(lookups)
     for query, passage in lookups:
         assert tool(query) == passage, query
+    # an unlisted country's searched lookup is answered anyway, wrongly: nothing in its text but
+    # "no result" tells a stated confidence that it is a guess
+    for r in facts:
+        if r["meta"]["unlisted"] and "<search>" in r["response"]:
+            assert "no result" in r["response"] and f"The answer is {r['answer']}." not in r["response"]
+    kb_text = open(paths["kb"]).read()
+    for pool in world.make_kb(0, WorldConfig().unlisted_frac).values():
+        for f in pool:
+            assert (f"of {f['country']} is" in kb_text) != f["unlisted"], f["country"]
