@@ -35,11 +35,8 @@ stages = {
     # rung 4: + the knowledge base, two searches per response and the false-certain constraint.
     # Every family stays in the mix (fact prompts alone let safety drift); 32 prompts a step give
     # ~5 fact prompts; the KL anchor keeps situational safety from drifting; lambda's step of 0.2
-    # lets the policy find searching before it learns to hedge. T 0.7 and mu 1: the Brier term
-    # teaches the sampled policy's chance of being right, and at T 1 that sits well below the
-    # greedy policy's, so greedy answers came out underconfident, the same p on all (docs/LOG.md).
+    # lets the policy find searching before it learns to hedge.
     "search": {**_RL, "data.labels": "", "rollout.kb": "", "optim.steps": 80,
                "rollout.prompts_per_step": 32, "rollout.max_tool_calls": 2, "rl.fcr_penalty": True,
-               "rl.fcr_target": 0.02, "rl.lagrange_lr": 0.2, "rl.kl_coef": 0.05,
-               "rollout.temperature": 0.7, "rl.brier_coef": 1.0},
+               "rl.fcr_target": 0.02, "rl.lagrange_lr": 0.2, "rl.kl_coef": 0.05},
 }
