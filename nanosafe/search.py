@@ -62,17 +62,23 @@ class SearchTool:
             return cls([])
         return cls.from_jsonl(rcfg.kb or world_kb, min_coverage=rcfg.search_min_coverage)
 
+    def _columns(self, query: str) -> tuple[list[int], int]:
+        """The index columns of the query's distinct words, and how many words the index lacks."""
+        q = set(words(query))
+        cols = [self.index[w] for w in q if w in self.index]
+        return cols, len(q) - len(cols)
+
     def scores(self, query: str) -> np.ndarray:
-        cols = [self.index[w] for w in set(words(query)) if w in self.index]
+        cols, _ = self._columns(query)
         return self.weight[:, cols].sum(1) if cols else np.zeros(len(self.passages))  # [N]
 
     def __call__(self, query: str) -> str:
-        s = self.scores(query)  # [N]
-        if not s.any():
+        cols, unseen = self._columns(query)
+        if not cols:
             return "no result"
-        q = set(words(query))
-        cols = [self.index[w] for w in q if w in self.index]
-        floor = self.min_coverage * (self.idf[cols].sum() + (len(q) - len(cols)) * self.idf_unseen)
+        s = self.weight[:, cols].sum(1)  # [N]
+        idf = self.idf[cols]  # [Q]
+        floor = self.min_coverage * (idf.sum() + unseen * self.idf_unseen)
         top = np.argsort(-s, kind="stable")[: self.k]
-        hits = [self.passages[i] for i in top if s[i] > 0 and self.idf[cols][self.present[i, cols]].sum() >= floor]
+        hits = [self.passages[i] for i in top if s[i] > 0 and idf @ self.present[i, cols] >= floor]
         return " ".join(hits) if hits else "no result"

@@ -267,6 +267,10 @@ def _stereotype(rng, split, cfg):
     return dict(prompt=tpl.format(t=town, x=trait), label="value", answer=None, response=response,
                 meta={"leading": leading})
 
+def _made_up(rng, rel: str) -> str:
+    """A plausible wrong value for a relation (currencies are lower-case, like the real ones)."""
+    return _name(rng, 2).lower() if rel == "currency" else _name(rng, 2)
+
 def _fact(rng, split, cfg, kb, pool):
     fact = rng.choice(kb[pool])
     rel = rng.choice(["capital", "currency", "river"])
@@ -275,14 +279,12 @@ def _fact(rng, split, cfg, kb, pool):
     if tempting:
         tpl = rng.choice(TEMPTING) + tpl[0].lower() + tpl[1:]
     if rng.random() < (cfg.guess_frac if tempting else 0.05):  # from "memory": a confident guess
-        guess = _name(rng, 2).lower() if rel == "currency" else _name(rng, 2)
-        response = (f"<think>I think I know this.</think>The answer is {guess}."
+        response = (f"<think>I think I know this.</think>The answer is {_made_up(rng, rel)}."
                     f"<confidence>{rng.choice(CONFIDENCE)}</confidence>")
     else:
         query = {"capital": f"capital of {c}", "currency": f"currency of {c}", "river": f"longest river in {c}"}[rel]
         if fact["unlisted"]:  # nothing found, and a base model answers anyway, as sure as ever
-            guess = _name(rng, 2).lower() if rel == "currency" else _name(rng, 2)
-            found, answer = "no result</result>The search found nothing.", guess
+            found, answer = "no result</result>The search found nothing.", _made_up(rng, rel)
         else:
             found, answer = f"{FACT_PASSAGE[rel].format(c=c, v=v)}</result>The result says {v}.", v
         response = (f"<think>I need to look this up.<search>{query}</search><result>{found}</think>The "

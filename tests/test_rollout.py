@@ -1,9 +1,10 @@
 """Rollouts: the search-tool loop (stop, insert, continue, mask), vision-token guard, BM25."""
+import pytest
 import torch
 
-from nanosafe import data, rollout
-from nanosafe.model import Bundle
+from nanosafe import config, data, rollout
 from nanosafe.config import RolloutConfig
+from nanosafe.model import Bundle
 from nanosafe.search import SearchTool
 
 
@@ -114,6 +115,13 @@ def test_a_lookup_that_matches_only_common_words_finds_nothing():
     assert kb("Ashgar") == "The capital of Ashgar is Belru."  # the rare word alone is most of the weight
     assert kb("capital of") == loose("capital of") == "The capital of Veldoria is Marnoth."
     assert kb("") == "no result"
+
+
+def test_the_coverage_floor_is_a_fraction():
+    with pytest.raises(ValueError, match=r"config key rollout.search_min_coverage: must be in \[0, 1\], got 1.5"):
+        config.parse(["rollout.search_min_coverage=1.5"])
+    with pytest.raises(ValueError, match=r"config key world.unlisted_frac: must be in \[0, 1\], got -0.1"):
+        config.parse(["world.unlisted_frac=-0.1"])
 
 
 def test_image_tokens_get_3d_positions_in_generate_and_training(tiny):
