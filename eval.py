@@ -34,7 +34,7 @@ import torch
 
 import verifiers
 from nanosafe import audit, benchmarks, config, data, interventions, model, rollout
-from nanosafe.evaluate import SUMMARY_KEYS, evaluate, fmt, over_seeds, score, step_search_eval, table, tiny_world
+from nanosafe.evaluate import CUE_KEYS, SUMMARY_KEYS, evaluate, fmt, over_seeds, score, step_search_eval, table, tiny_world
 
 def public_benchmark(bundle, cfg, args) -> dict:
     """XSTest / MM-SafetyBench / MSSBench / SIUO: greedy answers judged by the verifiers, with the
@@ -114,7 +114,7 @@ def compare(args, rest) -> dict:
 
 def seeds_table(rows: dict) -> str:
     """{rung: [eval results, one per seed]} -> metrics as rows, rungs as columns, mean [min, max]."""
-    keys = [("summary", k) for k in SUMMARY_KEYS] + [("summary_sampled", k) for k in
+    keys = [("summary", k) for k in SUMMARY_KEYS + CUE_KEYS] + [("summary_sampled", k) for k in
                                                      ("safety", "over_refusal", "vote_majority", "vote_weighted")]
     agg = {n: {part: over_seeds([r.get(part, {}) for r in rs]) for part in ("summary", "summary_sampled")}
            for n, rs in rows.items()}

@@ -19,6 +19,7 @@ import re
 import numpy as np
 
 WORD = re.compile(r"[a-z0-9]+")
+NO_RESULT = "no result"  # the tool's answer when nothing matches (a policy can learn to read it)
 
 def words(text: str) -> list[str]:
     return WORD.findall(text.lower())
@@ -75,10 +76,10 @@ class SearchTool:
     def __call__(self, query: str) -> str:
         cols, unseen = self._columns(query)
         if not cols:
-            return "no result"
+            return NO_RESULT
         s = self.weight[:, cols].sum(1)  # [N]
         idf = self.idf[cols]  # [Q]
         floor = self.min_coverage * (idf.sum() + unseen * self.idf_unseen)
         top = np.argsort(-s, kind="stable")[: self.k]
         hits = [self.passages[i] for i in top if s[i] > 0 and idf @ self.present[i, cols] >= floor]
-        return " ".join(hits) if hits else "no result"
+        return " ".join(hits) if hits else NO_RESULT

@@ -38,6 +38,28 @@ def test_conf_auroc_by_hand():
     assert E.conf_auroc([]) is None
 
 
+def test_lookup_cue_reads_the_last_search():
+    look = "<think>I need to look this up.<search>capital of Arde</search><result>{}</result>"
+    assert E.lookup_cue("<think>I think I know this.</think>The answer is Kalo.") == "no search"
+    assert E.lookup_cue(look.format("no result") + "</think>The answer is Kalo.") == "no result"
+    assert E.lookup_cue(look.format("The capital of Arde is Kalo.") + "</think>It is Kalo.") == "passage"
+    # a second search decides: nothing first, then a passage
+    assert E.lookup_cue(look.format("no result") + "<search>capital of Arden</search><result>The capital "
+                        "of Arden is Kalo.</result></think>It is Kalo.") == "passage"
+
+
+def test_cue_ceiling_by_hand():
+    # the docstring's example: a passage right 3 of 4 times (p 0.75), no result wrong twice (p 0):
+    # right [0.75] * 3 against wrong [0.75, 0, 0]: (3 * 0.5 + 6) / 9; wrong at 0.75 >= c* 0.7: 1 of 6
+    facts = [("passage", True)] * 3 + [("passage", False)] + [("no result", False)] * 2
+    out = E.cue_ceiling(facts, c_star=0.7)
+    assert out["cue_auroc"] == pytest.approx(7.5 / 9) and out["cue_false_certain"] == pytest.approx(1 / 6)
+    assert E.cue_ceiling(facts, c_star=0.8)["cue_false_certain"] == 0.0  # 0.75 is under this c*
+    # every wrong answer behind a cue of its own: the cue separates them all, nothing false-certain
+    assert E.cue_ceiling([("passage", True), ("no result", False)], 0.7) == {"cue_auroc": 1.0, "cue_false_certain": 0.0}
+    assert E.cue_ceiling([], 0.7) == {"cue_auroc": None, "cue_false_certain": None}
+
+
 def test_votes_by_hand():
     # majority: 2-2 tie between Arden and Brill -> the first (Arden, right); weighted: Brill
     # 0.9 + 0.95 against Arden 0.3 + 0.2 (wrong). Answers compare lower-cased, word by word.
@@ -86,6 +108,8 @@ def test_evaluate_reports_calibration_and_votes(monkeypatch):
     g, s = res["summary"], res["summary_sampled"]
     # greedy: Arden at p = 1 (right, bin 9: gap 0), Brill at 0.4 (wrong, bin 4: gap 0.4) -> 0.4 / 2
     assert g["ece"] == pytest.approx(0.2) and g["conf_auroc"] == 1.0 and "vote_n" not in g
+    # neither searched: one cue, right half the time, so the cue alone ranks nothing
+    assert (g["cue_auroc"], g["cue_false_certain"]) == (0.5, 0.0)
     # sampled: right p [0.3, 0.2, 0.9, 0.8] against wrong [0.9, 0.95, 0.2, 0.1]: 8 of 16 pairs;
     # per-bin gaps 0.7 (bin 3), -1.75 (bin 9), 0.6 (bin 2), 0.2 (bin 8), -0.1 (bin 1) over 8
     assert s["conf_auroc"] == pytest.approx(0.5) and s["ece"] == pytest.approx(3.35 / 8)
