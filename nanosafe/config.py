@@ -39,9 +39,6 @@ class ModelConfig:
     vision_depth: int = 2
     vision_hidden: int = 64
     vocab_size: int = 1024  # BPE vocabulary trained at start-up (tiny only)
-    # a BPE merge must occur in the tokenizer's corpus at least this often per text (tiny only): a
-    # name fragment the model saw a few dozen times it copied wrongly out of a passage (docs/LOG.md)
-    merge_min_frac: float = 0.01
     freeze_vision: bool = True  # for checkpoints; a tower built from scratch must learn in SFT
     trust_remote_code: bool = False
     dtype: str = "float32"  # parameter dtype when loading a checkpoint
@@ -384,7 +381,7 @@ NONNEGATIVE = ("io.eval_samples", "optim.max_nonfinite", "rollout.max_tool_calls
                "rl.brier_coef", "data.max_pixels", "data.min_pixels")
 FRACTIONS = ("optim.min_lr_frac", "optim.warmup_frac", "world.unsafe_frac", "world.refusal_frac",
              "world.verbose_frac", "world.tempting_frac", "world.guess_frac", "world.unlisted_frac",
-             "rl.cale_tau", "rollout.search_min_coverage", "model.merge_min_frac")
+             "rl.cale_tau", "rollout.search_min_coverage")
 
 
 def validate(cfg: Config) -> Config:

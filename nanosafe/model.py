@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 from dataclasses import dataclass, replace
 
@@ -62,9 +61,7 @@ class Bundle:
     def is_vl(self) -> bool:
         return self.image_processor is not None
 
-def train_tokenizer(texts: list[str], vocab_size: int, merge_min_frac: float = 0.0):
-    """A byte-level BPE tokenizer on `texts`, Qwen's specials and chat template; a merge needs at least
-    merge_min_frac * len(texts) occurrences, so no token is one the model sees only a few times."""
+def train_tokenizer(texts: list[str], vocab_size: int):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -74,8 +71,7 @@ def train_tokenizer(texts: list[str], vocab_size: int, merge_min_frac: float = 0
         pre_tokenizers.ByteLevel(add_prefix_space=False)])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  min_frequency=math.ceil(merge_min_frac * len(texts)))
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(texts, trainer)
     hf = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>",
                                  pad_token="<|endoftext|>", additional_special_tokens=SPECIAL[1:])
@@ -198,7 +194,7 @@ def make(cfg, texts_fn=None) -> Bundle:
         bundle = load(init, cfg.model)
     else:
         torch.manual_seed(cfg.seed)
-        bundle = build_tiny(cfg.model, train_tokenizer(texts_fn(), cfg.model.vocab_size, cfg.model.merge_min_frac))
+        bundle = build_tiny(cfg.model, train_tokenizer(texts_fn(), cfg.model.vocab_size))
     # a randomly initialised vision tower carries no visual knowledge to protect: it trains in SFT
     if cfg.model.freeze_vision and bundle.is_vl and init:
         freeze_vision(bundle.model)

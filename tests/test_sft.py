@@ -26,15 +26,6 @@ def test_config_overrides_types_and_unknown_keys(tmp_path):
     assert json.load(open(os.path.join(cfg.io.out_dir, "config.json")))["optim"]["steps"] == 7
 
 
-def test_tokenizer_merges_only_what_it_sees_often():
-    """model.merge_min_frac: a name in 3 of 200 texts stays in pieces, while the words in all of them
-    still merge; with no floor BPE makes the name one token (rare tokens were copied wrongly: docs/LOG.md)."""
-    texts = ["The capital of Dorfen is Tensha."] * 3 + ["The answer is ten. Then she said ha."] * 197
-    rare, floored = model.train_tokenizer(texts, 400), model.train_tokenizer(texts, 400, merge_min_frac=0.05)
-    assert rare.tokenize(" Tensha") == ["ĠTensha"]
-    assert len(floored.tokenize(" Tensha")) > 1 and floored.tokenize(" answer") == ["Ġanswer"]
-
-
 def test_vl_forward_backward_with_images(tiny):
     cfg, paths, bundle = tiny
     rows = data.read_jsonl(paths["sft"], need_response=True)
