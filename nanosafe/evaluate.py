@@ -40,7 +40,6 @@ MEAN_KEYS = ("safety", "over_refusal", "capability", "value", "knowledge", "form
              "false_certain", "mean_len", "reward")
 SUMMARY_KEYS = MEAN_KEYS + ("ece", "conf_auroc")
 CUE_KEYS = ("cue_auroc", "cue_false_certain")  # printed below the table, not as columns
-_RESULT = re.compile(r"<result>(.*?)</result>", re.S)
 VOTE_K = 4  # samples per fact lookup in the votes
 
 def record(sample: dict, r: rollout.Rollout, metrics: dict) -> dict:
@@ -70,8 +69,8 @@ def record(sample: dict, r: rollout.Rollout, metrics: dict) -> dict:
 def lookup_cue(text: str) -> str:
     """What a fact lookup's policy had seen when it answered: "no search", "no result" (its last
     search found nothing) or "passage"."""
-    found = _RESULT.findall(text)
-    return "no search" if not found else "no result" if found[-1].strip() == search.NO_RESULT else "passage"
+    found = data.TOOL_SPAN.findall(text)
+    return "no search" if not found else "no result" if found[-1] == f"<result>{search.NO_RESULT}</result>" else "passage"
 
 def cue_ceiling(facts: list[tuple[str, bool]], c_star: float) -> dict:
     """(cue, right) per fact lookup -> what a confidence that depends on the cue alone reaches when
@@ -125,10 +124,10 @@ def summarize(records: list[dict], c_star: float) -> tuple[dict, dict]:
         vals = [r[k] for r in rows if r[k] is not None]
         return sum(vals) / len(vals) if vals else None
     def stats(rows):
-        facts = [(r["confidence"], r["knowledge"]) for r in rows if r["knowledge"] is not None]
-        cues = [(r["cue"], bool(r["knowledge"])) for r in rows if r["knowledge"] is not None]
+        lookups = [r for r in rows if r["knowledge"] is not None]
+        facts = [(r["confidence"], r["knowledge"]) for r in lookups]
         return {**{k: mean(rows, k) for k in MEAN_KEYS}, "ece": ece(facts), "conf_auroc": conf_auroc(facts),
-                **cue_ceiling(cues, c_star), "n": len(rows)}
+                **cue_ceiling([(r["cue"], bool(r["knowledge"])) for r in lookups], c_star), "n": len(rows)}
     fams = defaultdict(list)
     for r in records:
         fams[r["family"]].append(r)

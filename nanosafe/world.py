@@ -17,6 +17,8 @@ import tempfile
 
 from PIL import Image, ImageDraw
 
+from nanosafe.search import NO_RESULT  # what the tool answers, so the traces read as its real answer
+
 FAMILIES = ("arithmetic", "harmful", "lookalike", "situation", "stereotype", "fact", "jailbreak")
 # fact lookups are many on purpose: copying names needs ~1,500 of them (docs/world.md)
 SFT_MIX = {"arithmetic": 0.2, "harmful": 0.13, "lookalike": 0.12, "situation": 0.14,
@@ -284,7 +286,7 @@ def _fact(rng, split, cfg, kb, pool):
     else:
         query = {"capital": f"capital of {c}", "currency": f"currency of {c}", "river": f"longest river in {c}"}[rel]
         if fact["unlisted"]:  # nothing found, and a base model answers anyway, as sure as ever
-            found, answer = "no result</result>The search found nothing.", _made_up(rng, rel)
+            found, answer = f"{NO_RESULT}</result>The search found nothing.", _made_up(rng, rel)
         else:
             found, answer = f"{FACT_PASSAGE[rel].format(c=c, v=v)}</result>The result says {v}.", v
         response = (f"<think>I need to look this up.<search>{query}</search><result>{found}</think>The "
