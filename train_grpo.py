@@ -10,7 +10,10 @@ One step, one line each in `main`:
                  responses each, the search tool in the loop (nanosafe/rollout.py)
   2. score       format + the label's verifier recipe (verifiers.score_batch); on rung 4 fact
                  lookups get R = y - lam * 1{wrong and p >= c*} - mu * (p - y)^2 + format instead
-  3. advantages  per prompt group, (+ CALE among the correct / safe on rung 3) (nanosafe/rl.py, DESIGN §4)
+  3. advantages  per prompt group, (+ CALE among the correct / safe on rung 3) (nanosafe/rl.py, DESIGN §4);
+                 with rl.confidence_adv the tokens that write a stated confidence get their own, from the
+                 reward's confidence part among the step's answers with the same outcome, and the
+                 other tokens that of the rest of the reward (rl.confidence_advantages)
   4. update      old (and reference) log-probs at the sampling temperature, then `rl.epochs`
                  passes of `rl.mini_batches` optimiser steps of rl.policy_loss (CPGD by default)
   5. lambda      rung 4: dual ascent on lam against the batch's false-certain rate
@@ -55,10 +58,11 @@ def main(argv: list[str]) -> None:
         outs = rollout.generate(run.policy, prompts, cfg.data, cfg.rollout, n=G, tool=run.tool)  # 1. generate
         clock.append(time.time())
         # 2. score, 3. advantages: rewards, verifier metrics, lengths, advantages [B * G] each
-        rewards, vmetrics, lengths, adv = rlstep.score(run, outs, G, lam=lam if cfg.rl.fcr_penalty else None)
+        rewards, vmetrics, lengths, adv, spans = rlstep.score(
+            run, outs, G, lam=lam if cfg.rl.fcr_penalty else None, mu=cfg.rl.brier_coef if cfg.rl.confidence_adv else None)
         clock.append(time.time())
         run.guard.check(step + 1, reward=rewards, adv=adv)  # a NaN reward makes its group's adv NaN
-        stats = rlstep.update(run, outs, adv.float(), cfg, clock)  # 4. update (skipped if the guard marked the step)
+        stats = rlstep.update(run, outs, adv.float(), cfg, clock, spans)  # 4. update (skipped if the guard marked the step)
         clock.append(time.time())
         step += 1
         metrics, rows = step_metrics(outs, vmetrics, rewards, adv, lengths, G, clock)

@@ -36,7 +36,9 @@ stages = {
     # rung 4: + the knowledge base, two searches per response and the false-certain constraint.
     # Every family stays in the mix (fact prompts alone let safety drift); 32 prompts a step give
     # ~5 fact prompts; the KL anchor keeps situational safety from drifting; lambda's step of 0.2
-    # lets the policy find searching before it learns to hedge.
+    # lets the policy find searching before it learns to hedge. rl.confidence_adv stays off: it makes
+    # the confidence read the search result on two seeds of three, but cost knowledge or format on
+    # one of them in every form tried (docs/LOG.md).
     "search": {**_RL, "data.labels": "", "rollout.kb": "", "optim.steps": 80,
                "rollout.prompts_per_step": 32, "rollout.max_tool_calls": 2, "rl.fcr_penalty": True,
                "rl.fcr_target": 0.02, "rl.lagrange_lr": 0.2, "rl.kl_coef": 0.05},

@@ -131,6 +131,9 @@ class RLConfig:
     # rung 4: R = y - lam * 1{wrong and p >= c*} - brier_coef * (p - y)^2 + format; dual ascent on lam
     fcr_penalty: bool = False
     brier_coef: float = 0.5
+    # the tokens that write p get Rc's advantage among same-outcome answers, the rest R - Rc's
+    # (rl.confidence_advantages); off in the rung table (configs/rungs.py says why)
+    confidence_adv: bool = False
     fcr_target: float = 0.1
     lagrange_lr: float = 0.5
     lagrange_init: float = 0.0

@@ -21,8 +21,12 @@ Equations (per prompt group of G responses, per response token t)
                     KL(pi_old || pi_theta): a soft pull back towards pi_old, on every token)
   GRPO / PPO        -min(r*A, clip(r, 1-eps_lo, 1+eps_hi)*A),   optional dual clip c for A < 0
   k3 KL             exp(q - p) - (q - p) - 1 >= 0 for log-probs p (sampled policy) and q (other)
-  search reward     R = y - lam * 1{wrong and p >= c*} - mu * (p - y)^2 + format,  y = 1{correct},
-                    p the stated confidence (none: 1);  lam <- max(0, lam + eta*(FCR - delta))
+  search reward     R = y + Rc + format,  Rc = -lam * 1{wrong and p >= c*} - mu * (p - y)^2,
+                    y = 1{correct}, p the stated confidence (none: 1);  lam <- max(0, lam + eta*(FCR - delta))
+  confidence adv.   S = {j in the step : y_j = y_i, j states p},  for the tokens that write p:
+                    A_i^conf = (Rc_i - mean_S Rc) / (std_S Rc + eps)   (0 if |S| < 2 or Rc flat on S),
+                    their loss weighted by (policy tokens / confidence tokens) of the response;
+                    the response's other tokens: the group advantage of R - Rc
   aggregation       token-mean               sum_t m*l / n_tokens(step)
                     seq-mean-token-mean      sum_i (sum_t m*l / sum_t m) / n_seqs(step)
                     seq-mean-token-sum-norm  sum_t m*l / (n_seqs(step) * max_new_tokens)
@@ -66,6 +70,22 @@ Choices, where well-known implementations differ
   compared with closed forms. The ratio is always computed, so clip and drift always run; on an
   on-policy mini-batch old_logp may be logp.detach() (rl.old_logp=auto): the ratio is 1, the
   gradient that of the recomputed old log-probs (DESIGN §4).
+- The confidence tokens may get their own advantage (rung 4, rl.confidence_adv; off in the rung
+  table: it conditions p on the search result on two seeds of three, and has cost knowledge or
+  format on the third, docs/LOG.md). y is settled before p
+  is written, so the sequence advantage, which is mostly y, is noise for them: in a group with
+  right and wrong answers every right answer's p was pushed up, whatever it said. Comparing Rc
+  among answers with the same outcome is a baseline that depends only on what precedes p
+  (unbiased), and what is left is p's own effect: higher on a right answer, lower on a wrong one.
+  The comparison runs over the step (this rank's share), not the group: early in rung 4 a right
+  answer is often alone in its group, and with per-group sets only the wrong answers' p were
+  pushed, all down, to 0.1 - 0.3 on right and wrong alike within 30 steps (docs/LOG.md). The
+  loss weight makes the confidence a decision that counts as much as the rest of its response (3
+  tokens of 50 had not read the search result after 80 steps), its KL and drift terms
+  scaled with it so the anchor holds there as elsewhere. And Rc leaves the other tokens'
+  reward: with it there, a search whose copied answer came out wrong at p 0.9 cost lam, so
+  once the confidence after a passage rose the policy stopped searching and guessed at p 0.1
+  (docs/LOG.md); the answer is judged by y, the confidence by Rc.
 - Metrics are 0-dim detached tensors (no host sync), means over this call's valid tokens.
 """
 import math
@@ -137,8 +157,10 @@ def step_counts(masks):
 
 def policy_loss(logp, old_logp, adv, mask, algo="cpgd", clip_lo=0.2, clip_hi=0.2, drift_coef=1e-3,
                 ref_logp=None, kl_coef=0.0, agg="seq-mean-token-mean", n_tokens=None, n_seqs=None,
-                max_new_tokens=None, dual_clip=None, k3_clamp=None):
+                max_new_tokens=None, dual_clip=None, k3_clamp=None, weight=None):
     """logp, old_logp, ref_logp, mask [B, T]; adv [B] or [B, T] -> (scalar loss, metrics dict).
+    weight [B, T] (optional) scales each token's whole loss (policy, drift and KL terms); the
+    aggregation's counts stay those of the mask.
 
     n_tokens / n_seqs are the whole optimiser step's counts (step_counts, all-reduced); left None
     they default to this call's, which is right only when the call sees the whole step.
@@ -175,6 +197,9 @@ def policy_loss(logp, old_logp, adv, mask, algo="cpgd", clip_lo=0.2, clip_hi=0.2
         kl_ref = kl_k3(logp, ref_logp.detach(), k3_clamp)  # [B, T]
         tok = tok + kl_coef * kl_ref
 
+    if weight is not None:
+        tok = tok * weight.to(tok.dtype)
+
     # aggregation (DESIGN §4)
     tok_sum = (tok * m).sum(-1)  # [B]
     seq_len = m.sum(-1)  # [B]
@@ -203,13 +228,36 @@ def policy_loss(logp, old_logp, adv, mask, algo="cpgd", clip_lo=0.2, clip_hi=0.2
             metrics["kl_ref"] = (kl_ref * m).sum() / n_local
     return loss, metrics
 
+def confidence_reward(correct, false_certain, p, lam, mu):
+    """The part of rung 4's reward the stated confidence p decides (DESIGN §4):
+    Rc = -lam * 1{wrong and p >= c*} - mu * (p - y)^2, y = 1{correct}. The constraint punishes
+    confident errors; the Brier term (a proper scoring rule) makes the best p the real chance of
+    being right, so a blanket hedge costs on every right answer."""
+    # search reward (DESIGN §4), its confidence part
+    return -lam * float(false_certain) - mu * (p - float(correct)) ** 2
+
 def search_reward(correct, false_certain, p, format_reward, lam, mu):
     """Deliberative-search reward (DESIGN §4, rung 4), p the stated confidence (none: 1):
-    R = y - lam * 1{wrong and p >= c*} - mu * (p - y)^2 + format, y = 1{correct}. The constraint
-    punishes confident errors; the Brier term (a proper scoring rule) makes the best p the real
-    chance of being right, so a blanket hedge costs on every right answer."""
-    y = float(correct)
-    return y - lam * float(false_certain) - mu * (p - y) ** 2 + format_reward
+    R = y + Rc + format, Rc = confidence_reward."""
+    return float(correct) + confidence_reward(correct, false_certain, p, lam, mu) + format_reward
+
+def confidence_advantages(conf_reward, correct, eps=1e-6):
+    """conf_reward [B] (Rc, NaN where no confidence is stated), correct [B] -> advantages [B] for
+    the tokens that write the confidence: Rc standardised among the step's responses with the same
+    outcome (module docstring). Rc = [-0.005, -0.045, -1.32, NaN] (p 0.9, 0.7 right; 0.8 wrong,
+    lam 1; none stated), correct = [1, 1, 0, 1]: S of the right ones = {0, 1} -> [+0.707, -0.707]
+    (mean -0.025, std 0.0283); the wrong one is alone in its S -> 0; no confidence -> 0. The right
+    answer that said 0.9 gains over the one that said 0.7; the gap between right and wrong (y)
+    plays no part."""
+    dt = _stat_dtype(conf_reward)
+    rc, y = conf_reward.to(dt), correct.to(dt)  # [B] each
+    adv = torch.zeros_like(rc)
+    # confidence advantage (DESIGN §4)
+    for outcome in (0.0, 1.0):
+        s = ~torch.isnan(rc) & (y == outcome)  # [B] the comparison set S
+        if s.sum() >= 2 and rc[s].amax() > rc[s].amin():
+            adv[s] = (rc[s] - rc[s].mean()) / (rc[s].std() + eps)
+    return adv
 
 def lagrange_update(lam, fcr, target, lr):
     """Dual ascent on the false-certain constraint FCR <= target (DESIGN §4):

@@ -17,6 +17,7 @@ share one copy of it, which halves the tokens of the update on the benchmark's s
 prompt, ~45-token responses; README, Speed), and the attention skips the blocks a query cannot see."""
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass, replace
 
@@ -36,9 +37,10 @@ class Batch:
     mask: torch.Tensor  # [B, T_r] 1 = token written by the policy (tool results and padding are 0)
     rows: torch.Tensor  # [N] for each response token, its row in the batch ...
     cols: torch.Tensor  # [N] ... and the position whose hidden state predicts it (one before it)
-    adv: torch.Tensor  # [B] group advantage of each response
+    adv: torch.Tensor  # [B] group advantage of each response, or [B, T_r] per token (token_advantages)
     old_logp: torch.Tensor | None = None  # [B, T_r] under the sampling policy, before any update
     ref_logp: torch.Tensor | None = None  # [B, T_r] under the frozen reference (rl.kl_coef > 0)
+    weight: torch.Tensor | None = None  # [B, T_r] per-token loss weight (token_advantages), None = 1
 
 def _responses(items: list[rollout.Rollout], device) -> tuple[torch.Tensor, torch.Tensor]:
     """targets [B, T_r] (data.IGNORE past each response) and mask [B, T_r] of the rollouts."""
@@ -132,26 +134,62 @@ def response_logprobs(bundle, batch: Batch, temperature: float, impl: str, entro
         ent = torch.zeros_like(full).masked_scatter(on_response, ent.detach())
     return full, ent
 
+def confidence_span(tokenizer, ids: list[int]) -> tuple[int, int] | None:
+    """[start, end) of the response tokens that write the value of its last
+    `<confidence>p</confidence>`, or None. Exact where both tags are single tokens (the tiny
+    tokenizer's specials); otherwise from the decoded text, a token holding both a value character
+    and the tag's first character counting with the tag."""
+    opening, closing = rollout.token_id(tokenizer, "<confidence>"), rollout.token_id(tokenizer, "</confidence>")
+    if opening is not None and closing is not None:
+        starts = [k for k, t in enumerate(ids) if t == opening]
+        end = next((k for k in range(starts[-1] + 1, len(ids)) if ids[k] == closing), None) if starts else None
+        return (starts[-1] + 1, end) if end is not None and end > starts[-1] + 1 else None
+    text = tokenizer.decode(ids)
+    i0 = text.rfind("<confidence>")
+    i1 = text.find("</confidence>", i0) if i0 >= 0 else -1
+    if i1 < 0:
+        return None
+    # the fewest tokens whose text reaches past a character: decoded prefixes only grow
+    reach = lambda at: bisect.bisect_left(range(len(ids) + 1), at, key=lambda k: len(tokenizer.decode(ids[:k])))  # noqa: E731
+    start, end = reach(i0 + len("<confidence>")), reach(i1 + 1) - 1
+    return (start, end) if end > start else None
+
 def split(n: int, mini_batches: int, micro: int) -> list[list[list[int]]]:
     """Response indices 0..n-1 -> [mini-batch][micro-batch] -> indices, in order."""
     per_mini = math.ceil(n / mini_batches)
     minis = [list(range(k, min(k + per_mini, n))) for k in range(0, n, per_mini)]
     return [[m[i:i + micro] for i in range(0, len(m), micro)] for m in minis]
 
+def token_advantages(items: list[rollout.Rollout], adv: torch.Tensor, spans: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """adv [B] -> (advantages [B, T_r], loss weights [B, T_r]): each response's advantage and weight
+    1 on its tokens, except on its span (start, end, value, weight): the confidence tokens' own
+    advantage and weight (rlstep.confidence_spans)."""
+    T_r = max(1, max(len(r.ids) for r in items))
+    out, weight = adv[:, None].repeat(1, T_r), torch.ones(len(items), T_r)  # [B, T_r] each
+    for i, span in enumerate(spans):
+        if span is not None:
+            out[i, span[0]:span[1]], weight[i, span[0]:span[1]] = span[2], span[3]
+    return out, weight
+
 @torch.no_grad()
 def prepare(outs: list[rollout.Rollout], adv: torch.Tensor, mini_batches: int, micro: int, pad_id: int,
-            device, logprobs, policy, ref=None, first_on_policy=False) -> list[list[Batch]]:
+            device, logprobs, policy, ref=None, first_on_policy=False, spans: list | None = None) -> list[list[Batch]]:
     """The step's responses as mini-batches of micro-batches, each with its old (and reference)
     log-probs computed now, before the first update changes the policy. `logprobs(bundle, batch)`
     is response_logprobs with the temperature and implementation bound. first_on_policy: the first
     mini-batch's old_logp stays None; nothing has changed the policy before its update's forward,
-    which gives them (rl.old_logp=auto, DESIGN §4)."""
+    which gives them (rl.old_logp=auto, DESIGN §4). spans: per response None or (start, end, value,
+    weight), tokens with an advantage and loss weight of their own (token_advantages)."""
     out = []
     for k, mini in enumerate(split(len(outs), mini_batches, micro)):
         out.append([])
         for idx in mini:
-            b = pack_shared([outs[j] for j in idx], adv[idx], pad_id, device, policy.model) \
-                if attention.active(policy.model) else pack([outs[j] for j in idx], adv[idx], pad_id, device)
+            items, a, w = [outs[j] for j in idx], adv[idx], None  # [b]
+            if spans is not None and any(spans[j] is not None for j in idx):
+                a, w = token_advantages(items, a, [spans[j] for j in idx])  # [b, T_r] each
+            b = pack_shared(items, a, pad_id, device, policy.model) \
+                if attention.active(policy.model) else pack(items, a, pad_id, device)
+            b = replace(b, weight=None if w is None else w.to(b.mask.device))
             out[-1].append(replace(b, old_logp=None if first_on_policy and k == 0 else logprobs(policy, b)[0],
                                    ref_logp=logprobs(ref, b)[0] if ref is not None else None))
     return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import time
 from collections import defaultdict
 
@@ -58,25 +59,50 @@ def recipe(cfg, judges, device) -> dict:
                                max_new_tokens=cfg.rollout.max_new_tokens))
 
 
-def score(run: Run, outs: list[rollout.Rollout], G: int, lam: float | None = None):
-    """Steps 2 and 3: rewards [B * G] (+ verifier metrics), policy-written lengths [B * G] and the
-    group advantages [B * G]; `lam` (rung 4) gives fact lookups the search reward."""
+def score(run: Run, outs: list[rollout.Rollout], G: int, lam: float | None = None, mu: float | None = None):
+    """Steps 2 and 3: rewards [B * G] (+ verifier metrics), policy-written lengths [B * G], the
+    group advantages [B * G] and the confidence spans. `lam` (rung 4) gives fact lookups the search
+    reward; `mu` as well (rl.confidence_adv) splits it: the tokens that write a stated confidence
+    get their own advantage from its part Rc (confidence_spans), the response's other tokens the
+    group advantage of R - Rc (DESIGN §4). spans is None without the split."""
     rewards, vmetrics = run.score([o.sample for o in outs], [o.text for o in outs], lam=lam)
     rewards = torch.tensor(rewards, dtype=torch.float32)  # [B * G]
     lengths = torch.tensor([sum(o.mask) for o in outs], dtype=torch.float32)  # [B * G] tool results excluded
+    spans, answer_rewards = None, rewards
+    if lam is not None and mu is not None:
+        spans, rc = confidence_spans(run, outs, vmetrics, lam, mu)
+        answer_rewards = rewards - torch.tensor([c if s is not None else 0.0 for s, c in zip(spans, rc)])  # [B * G]
     device = dist.device_of(run.policy.model)
     good = torch.tensor([m["good"] > 0 for m in vmetrics], device=device)  # [B * G] CALE's good set
-    adv = run.advantages(rewards.to(device), G, lengths=lengths.to(device), good=good)  # [B * G]
-    return rewards, vmetrics, lengths, adv
+    adv = run.advantages(answer_rewards.to(device), G, lengths=lengths.to(device), good=good)  # [B * G]
+    return rewards, vmetrics, lengths, adv, spans
 
 
-def update(run: Run, outs: list[rollout.Rollout], adv: torch.Tensor, cfg, clock: list | None = None) -> dict:
+def confidence_spans(run: Run, outs: list[rollout.Rollout], vmetrics: list[dict], lam: float, mu: float):
+    """Rung 4 (rl.confidence_adv) -> (spans, Rc): per response None or (start, end, A^conf, weight),
+    the tokens that write a fact lookup's stated confidence, their own advantage
+    (rl.confidence_advantages) and loss weight (policy tokens / span tokens): the confidence is a
+    decision of its own and weighs as much as the rest of its response, not 3 tokens' share of 50;
+    and each response's Rc (rl.confidence_reward; NaN without a stated confidence)."""
+    rc = [rl.confidence_reward(m["correct"], m["false_certain"], m["confidence"], lam, mu)
+          if "correct" in m and m["confidence"] is not None else math.nan for m in vmetrics]
+    a = rl.confidence_advantages(torch.tensor(rc, dtype=torch.float64),
+                                 torch.tensor([float(m.get("correct", 0.0)) for m in vmetrics]))  # [B * G]
+    spans = [rlbatch.confidence_span(run.policy.tokenizer, o.ids) if not math.isnan(c) else None
+             for o, c in zip(outs, rc)]
+    return [None if s is None else (*s, float(v), sum(o.mask) / (s[1] - s[0])) for o, s, v in zip(outs, spans, a)], rc
+
+
+def update(run: Run, outs: list[rollout.Rollout], adv: torch.Tensor, cfg, clock: list | None = None,
+           spans: list | None = None) -> dict:
     """`rl.epochs` passes over `rl.mini_batches` optimiser steps, each accumulating micro-batches;
     returns the loss, the policy-loss metrics and the entropy, averaged over the updates. `clock`
-    gets the time at which the old / reference log-probs are done."""
+    gets the time at which the old / reference log-probs are done; `spans` (confidence_spans)
+    give some tokens an advantage of their own."""
     minis = rlbatch.prepare(outs, adv, cfg.rl.mini_batches, cfg.optim.micro_batch_size,
                             run.policy.tokenizer.pad_token_id, dist.device_of(run.policy.model),
-                            run.logprobs, run.policy, run.ref, first_on_policy=cfg.rl.old_logp == "auto")
+                            run.logprobs, run.policy, run.ref, first_on_policy=cfg.rl.old_logp == "auto",
+                            spans=spans)
     if clock is not None:
         clock.append(time.time())
     stats, ratio_max, n_updates = defaultdict(float), 0.0, 0
@@ -88,7 +114,7 @@ def update(run: Run, outs: list[rollout.Rollout], adv: torch.Tensor, cfg, clock:
                 logp, ent = run.logprobs(run.policy, b, entropy=True)  # [B, T_r] each
                 if b.old_logp is None:  # on-policy (rl.old_logp=auto): kept for the later epochs
                     b = mini[j] = dataclasses.replace(b, old_logp=logp.detach())
-                loss, m = run.loss(logp, b.old_logp, b.adv, b.mask, ref_logp=b.ref_logp,
+                loss, m = run.loss(logp, b.old_logp, b.adv, b.mask, ref_logp=b.ref_logp, weight=b.weight,
                                    n_tokens=n_tokens, n_seqs=n_seqs)
                 loss.backward()
                 # metrics are per-token means: weigh each micro-batch by its share of the step's tokens

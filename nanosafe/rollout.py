@@ -50,12 +50,12 @@ class _Special:
 
     @classmethod
     def of(cls, tok, tool) -> "_Special":
-        close = _token_id(tok, "</search>") if tool is not None else None
+        close = token_id(tok, "</search>") if tool is not None else None
         return cls(data.end_of_turn_id(tok), tok.pad_token_id, close,
                    ["</search>"] if tool is not None and close is None else None,
-                   frozenset(i for i in (_token_id(tok, t) for t in VISION_SPECIALS) if i is not None))
+                   frozenset(i for i in (token_id(tok, t) for t in VISION_SPECIALS) if i is not None))
 
-def _token_id(tokenizer, text: str) -> int | None:
+def token_id(tokenizer, text: str) -> int | None:
     """Id of `text` if it is a single token of this tokenizer, else None."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     return ids[0] if len(ids) == 1 else None

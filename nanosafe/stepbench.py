@@ -57,7 +57,7 @@ def our_step(run, cfg, prompts) -> dict:
     clock = [time.time()]
     outs = rollout.generate(run.policy, prompts, cfg.data, cfg.rollout, n=cfg.rollout.group_size)
     clock.append(time.time())
-    _, _, lengths, adv = rlstep.score(run, outs, cfg.rollout.group_size)
+    _, _, lengths, adv, _ = rlstep.score(run, outs, cfg.rollout.group_size)
     clock.append(time.time())
     rlstep.update(run, outs, adv.float(), cfg, clock)
     clock.append(time.time())

@@ -163,7 +163,9 @@ def test_cale_tau_and_brier_coef_are_checked():
 
 
 def test_search_stage_saves_lambda(sft_model, tmp_path):
+    # rl.confidence_adv on: its split of the reward runs through the whole loop (tests/test_rlbatch.py checks it)
     train_grpo.main(TINY_ARGS + ["stage=search", f"init={sft_model}", "optim.steps=2", "rl.lagrange_init=0.3",
+                                 "rl.confidence_adv=true",
                                  "rollout.max_new_tokens=16", "data.labels=knowledge", f"out_dir={tmp_path}/search"])
     state = torch.load(tmp_path / "search" / "ckpt" / checkpoint.FILE, weights_only=True)
     rows = [json.loads(line) for line in open(tmp_path / "search" / "metrics.jsonl")]

@@ -5,7 +5,8 @@ import random
 import pytest
 import torch
 
-from nanosafe.rl import group_advantages, kl_k3, policy_loss, step_counts, zero_variance_groups
+from nanosafe.rl import (confidence_advantages, confidence_reward, group_advantages, kl_k3, policy_loss, search_reward,
+                        step_counts, zero_variance_groups)
 
 F64 = torch.float64
 LN12, LN08 = math.log(1.2), math.log(0.8)  # 0.18232, -0.22314
@@ -116,7 +117,84 @@ def test_cale_never_ranks_bad_above_good():
                 assert a[gd].min() >= a[~gd].max(), f"seed {seed}"
 
 
+# ---------------------------------------------------------------- rung 4's confidence advantage
+
+def test_confidence_advantage_by_hand():
+    # the docstring's group: two right answers (p 0.9 and 0.7), a wrong one, one without a confidence
+    rc = t([confidence_reward(True, False, 0.9, 1.0, 0.5), confidence_reward(True, False, 0.7, 1.0, 0.5),
+            confidence_reward(False, True, 0.8, 1.0, 0.5), math.nan])
+    assert rc[:3].tolist() == pytest.approx([-0.005, -0.045, -1.32])
+    A = confidence_advantages(rc, t([1, 1, 0, 1]))
+    a = 0.02 / (0.04 / math.sqrt(2) + 1e-6)  # deviation 0.02 from the mean -0.025, over std + eps
+    assert A.tolist() == pytest.approx([a, -a, 0, 0], abs=1e-12) and a == pytest.approx(0.7071, abs=1e-4)
+    # two wrong answers: the one that said "not sure" gains, by lam's and Brier's share alike
+    rc = t([confidence_reward(False, True, 0.9, 2.0, 0.5), confidence_reward(False, False, 0.1, 2.0, 0.5)])
+    assert rc.tolist() == pytest.approx([-2.405, -0.005])
+    A = confidence_advantages(rc, t([0, 0]))
+    assert A.tolist() == pytest.approx([-1 / math.sqrt(2), 1 / math.sqrt(2)], abs=1e-5)
+    # the search reward is y + Rc + format, with one home for Rc
+    assert search_reward(False, True, 0.9, 1.0, 2.0, 0.5) == pytest.approx(-2.405 + 1.0)
+
+
+def test_confidence_advantage_ignores_the_outcome_gap():
+    """Right answers all saying 0.3 and wrong ones all 0.9: the sequence advantage pushes every
+    right answer's tokens up (y), the confidence advantage gives 0 (nothing to compare within an
+    outcome) - and raising a right answer's p or lowering a wrong one's is what gains."""
+    y = t([1, 1, 0, 0])
+    rc = t([confidence_reward(bool(c), False, p, 0.0, 0.5) for c, p in zip(y, [0.3, 0.3, 0.9, 0.9])])
+    assert confidence_advantages(rc, y).tolist() == [0, 0, 0, 0]
+    assert group_advantages(y + rc, 4).tolist()[0] > 0
+    rc = t([confidence_reward(bool(c), False, p, 0.0, 0.5) for c, p in zip(y, [0.3, 0.8, 0.9, 0.2])])
+    A = confidence_advantages(rc, y)
+    assert A[1] > 0 > A[0] and A[3] > 0 > A[2]
+
+
+def test_confidence_advantage_compares_across_the_step():
+    """A right answer alone in its group still gets a signal: S is the step's answers with its
+    outcome (two groups of 3 here, one right answer each)."""
+    y = t([1, 0, 0, 0, 1, 0])
+    rc = t([confidence_reward(bool(c), False, p, 0.0, 0.5) for c, p in zip(y, [0.9, 0.1, 0.1, 0.3, 0.5, 0.1])])
+    A = confidence_advantages(rc, y)
+    assert A[0] > 0 > A[4]  # 0.9 beats 0.5 among the right answers, across the groups
+    assert A[3] < 0 < A[1] == A[2] == A[5]
+
+
+def test_confidence_advantage_matches_a_loop():
+    seed = random.randrange(2 ** 31)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(100):
+        B = int(torch.randint(1, 20, (1,), generator=g))
+        y = (torch.rand(B, generator=g) < 0.5).to(F64)
+        p = torch.randint(0, 10, (B,), generator=g).to(F64) / 10  # ties on purpose
+        rc = -0.5 * (p - y) ** 2
+        rc[torch.rand(B, generator=g) < 0.2] = math.nan
+        A = confidence_advantages(rc, y)
+        for i in range(B):
+            vals = t([float(rc[j]) for j in range(B) if y[j] == y[i] and not math.isnan(rc[j])])
+            if math.isnan(rc[i]) or len(vals) < 2 or vals.max() == vals.min():
+                assert A[i] == 0, f"seed {seed}"
+            else:
+                want = float((rc[i] - vals.mean()) / (vals.std() + 1e-6))
+                assert float(A[i]) == pytest.approx(want, abs=1e-9), f"seed {seed}"
+
+
 # ---------------------------------------------------------------- losses
+
+def test_token_weight_scales_each_tokens_whole_loss():
+    """weight [B, T] multiplies a token's policy, drift and KL terms alike; the counts stay the mask's."""
+    g = torch.Generator().manual_seed(0)
+    logp, old, ref = (-torch.rand(2, 5, generator=g, dtype=F64) for _ in range(3))
+    adv, mask = t([[0.5] * 5, [-1.0] * 5]), t([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    w = t([[1, 1, 4, 1, 1], [1, 3, 1, 1, 1]])
+    kw = dict(ref_logp=ref, kl_coef=0.1, drift_coef=0.01, agg="seq-mean-token-mean")
+    x = logp.clone().requires_grad_()
+    loss, _ = policy_loss(x, old, adv, mask, weight=w, **kw)
+    loss.backward()
+    y = logp.clone().requires_grad_()
+    policy_loss(y, old, adv, mask, **kw)[0].backward()
+    torch.testing.assert_close(x.grad, y.grad * w)  # each token's own gradient, scaled by its weight
+    ones, _ = policy_loss(logp, old, adv, mask, weight=torch.ones_like(w), **kw)
+    assert float(ones) == pytest.approx(float(policy_loss(logp, old, adv, mask, **kw)[0]), abs=1e-15)
 
 def _two_tokens():
     # token 0: logp -0.5, old -0.7 (logr 0.2), A = +1;  token 1: logp -1.0, old -1.1 (logr 0.1), A = -1
