@@ -165,7 +165,7 @@ def token_advantages(items: list[rollout.Rollout], adv: torch.Tensor, spans: lis
     1 on its tokens, except on its span (start, end, value, weight): the confidence tokens' own
     advantage and weight (rlstep.confidence_spans)."""
     T_r = max(1, max(len(r.ids) for r in items))
-    out, weight = adv[:, None].repeat(1, T_r), torch.ones(len(items), T_r)  # [B, T_r] each
+    out, weight = adv[:, None].repeat(1, T_r), torch.ones(len(items), T_r, device=adv.device)  # [B, T_r] each
     for i, span in enumerate(spans):
         if span is not None:
             out[i, span[0]:span[1]], weight[i, span[0]:span[1]] = span[2], span[3]
@@ -189,7 +189,7 @@ def prepare(outs: list[rollout.Rollout], adv: torch.Tensor, mini_batches: int, m
                 a, w = token_advantages(items, a, [spans[j] for j in idx])  # [b, T_r] each
             b = pack_shared(items, a, pad_id, device, policy.model) \
                 if attention.active(policy.model) else pack(items, a, pad_id, device)
-            b = replace(b, weight=None if w is None else w.to(b.mask.device))
             out[-1].append(replace(b, old_logp=None if first_on_policy and k == 0 else logprobs(policy, b)[0],
-                                   ref_logp=logprobs(ref, b)[0] if ref is not None else None))
+                                   ref_logp=logprobs(ref, b)[0] if ref is not None else None,
+                                   weight=None if w is None else w.to(b.mask.device)))
     return out
